@@ -1,0 +1,123 @@
+"""Command line: ``python -m serve_app generate …`` runs the five stages in process; ``styles`` lists styles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from serve_app.pipeline.errors import PortraitError
+from serve_app.pipeline.images import encode_png
+from serve_app.pipeline.models import PROFILES, load_models
+from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
+from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
+from serve_app.styles import StyleCatalog
+
+DEFAULT_STYLES_DIR = Path("styles")
+
+
+def sample_face() -> bytes:
+    """The bundled sample face (cropped from scikit-image's public-domain astronaut photo)."""
+    return resources.files("serve_app").joinpath("assets/sample_face.png").read_bytes()
+
+
+def summarize(run: PortraitRun) -> PortraitSummary:
+    return PortraitSummary(
+        style=run.style.versioned_id,
+        seed=run.seed,
+        images=[
+            PortraitImage(
+                identity_score=round(p.identity_score, 4), seed=p.seed, face_placement=p.placement, rejected=p.rejected
+            )
+            for p in run.portraits
+        ],
+        mask_sources=list(run.layout.mask_sources),
+        timings=run.timings,
+    )
+
+
+def write_run(run: PortraitRun, out: Path) -> PortraitSummary:
+    out.mkdir(parents=True, exist_ok=True)
+    for index, portrait in enumerate(run.portraits, start=1):
+        (out / f"portrait_{index}.png").write_bytes(encode_png(portrait.image))
+    for seed, mask in zip(run.plan.seeds, run.layout.masks):
+        image = Image.fromarray((mask[0].cpu().numpy() * 255).round().astype(np.uint8))
+        image.resize((run.plan.size, run.plan.size), Image.Resampling.BILINEAR).save(out / f"layout_mask_{seed}.png")
+    summary = summarize(run)
+    (out / "result.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    catalog = StyleCatalog(args.styles_dir)
+    options = PortraitOptions(
+        style=args.style,
+        num_candidates=args.num_candidates,
+        top_k=args.top_k,
+        seed=args.seed,
+        upscale=args.upscale,
+        subject=args.subject,
+        size=args.size,
+        steps=args.steps,
+        identity_weight=args.identity_weight,
+    )
+    image = args.image.read_bytes() if args.image else sample_face()
+    pipeline = PortraitPipeline(load_models(args.profile))
+    run = pipeline.generate(image, catalog.get(options.style), options)
+    summary = write_run(run, args.out)
+    print(summary.model_dump_json(indent=2))
+    return 0
+
+
+def command_styles(args: argparse.Namespace) -> int:
+    for style in StyleCatalog(args.styles_dir).list():
+        manifest = style.manifest
+        print(f"{manifest.versioned_id:24} {manifest.title}  (size {manifest.defaults.size}, {manifest.defaults.steps} steps)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__)
+    root.add_argument("--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="style folders (default: styles)")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate portraits in process")
+    generate.add_argument("--image", type=Path, help="reference face image (default: the bundled sample face)")
+    generate.add_argument("--style", required=True, help="style id")
+    generate.add_argument("--out", type=Path, required=True, help="output directory")
+    generate.add_argument("--num-candidates", type=int, default=4, help="N candidates (default 4)")
+    generate.add_argument("--top-k", type=int, default=2, help="K portraits kept (default 2)")
+    generate.add_argument("--seed", type=int, help="seed (default: random)")
+    generate.add_argument("--upscale", type=int, default=2, choices=(1, 2, 4), help="super-resolution (default 2)")
+    generate.add_argument("--size", type=int, help="generated side before upscaling (default: the style's)")
+    generate.add_argument("--steps", type=int, help="denoising steps (default: the style's)")
+    generate.add_argument("--identity-weight", type=float, help="λ (default: the style's)")
+    generate.add_argument("--subject", default="a person", help="fills {subject} in the style prompt")
+    generate.add_argument("--profile", default="tiny", choices=PROFILES, help="model profile (default tiny)")
+    generate.set_defaults(handler=command_generate)
+
+    styles = commands.add_parser("styles", help="list styles")
+    styles.set_defaults(handler=command_styles)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PortraitError as error:
+        print(json.dumps(error.to_dict()), file=sys.stderr)
+        return 2
+    except (ValidationError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Errors a client can cause. Each carries a stable machine-readable code and the HTTP status the API maps it to."""
+
+from __future__ import annotations
+
+
+class PortraitError(Exception):
+    """Base class for errors caused by the request, never by the service."""
+
+    code: str = "bad_request"
+    http_status: int = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidImageError(PortraitError):
+    """The bytes are not a decodable image."""
+
+    code = "invalid_image"
+    http_status = 400
+
+
+class UnsupportedImageFormatError(PortraitError):
+    """A real image, but in a format the service does not accept."""
+
+    code = "unsupported_image_format"
+    http_status = 415
+
+
+class ImageTooLargeError(PortraitError):
+    """Too many bytes or too many pixels."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class ImageTooSmallError(PortraitError):
+    """Too few pixels for a face to be analysed."""
+
+    code = "image_too_small"
+    http_status = 422
+
+
+class NoFaceError(PortraitError):
+    """No face could be found in the reference image."""
+
+    code = "no_face"
+    http_status = 422
+
+
+class UnknownStyleError(PortraitError):
+    """The requested style does not exist."""
+
+    code = "unknown_style"
+    http_status = 404
+
+
+class InvalidParameterError(PortraitError):
+    """A generation parameter is out of range or inconsistent."""
+
+    code = "invalid_parameter"
+    http_status = 422

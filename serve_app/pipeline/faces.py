@@ -1,0 +1,134 @@
+"""Face detection, landmarks, alignment and recognition with the real models that ship in packages: dlib's HOG
+detector, 68-point shape predictor and ResNet face descriptor (``face_recognition_models`` data files) and
+OpenCV's Haar cascade as a second detector."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+# ArcFace's 112×112 five-point template (insightface order: image-left eye, image-right eye, nose tip, mouth
+# corners); every aligned crop in the project uses it, scaled.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+MIN_DETECTION_SIDE = 320
+TIGHT_CROP_PADDING = 0.5
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face: its box (x0, y0, x1, y1) and 68 dlib landmarks (x, y), in image pixels."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+    @property
+    def five_points(self) -> np.ndarray:
+        points = self.landmarks
+        return np.stack(
+            [points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]]
+        ).astype(np.float32)
+
+    def is_frontal(self, max_yaw: float = 0.35, max_roll_degrees: float = 40.0) -> bool:
+        """False for extreme poses: the nose far off the eye midline, or a steeply tilted eye line."""
+        left_eye, right_eye, nose = self.five_points[:3]
+        eye_span = right_eye - left_eye
+        if eye_span[0] <= 0:
+            return False
+        nose_position = float(np.dot(nose - left_eye, eye_span) / np.dot(eye_span, eye_span))
+        roll = abs(np.degrees(np.arctan2(eye_span[1], eye_span[0])))
+        return abs(nose_position - 0.5) <= max_yaw and roll <= max_roll_degrees
+
+    def scaled(self, factor: float) -> DetectedFace:
+        return DetectedFace(tuple(v * factor for v in self.box), self.landmarks * factor)
+
+
+def face_outline_points(face: DetectedFace) -> np.ndarray:
+    """Jaw line closed over a forehead arc: the brows lifted by a third of the brow-to-chin distance."""
+    points = face.landmarks
+    brows = points[17:27][::-1]
+    lift = 0.33 * (points[8, 1] - brows[:, 1].min())
+    return np.concatenate([points[0:17], brows - np.array([0.0, lift], dtype=np.float32)])
+
+
+def dlib_model_path(name: str) -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the face_recognition_models package is not installed")
+    return Path(spec.origin).parent / "models" / name
+
+
+def similarity_to_template(points: np.ndarray, size: int) -> np.ndarray:
+    """The 2×3 similarity transform taking five face points onto the ArcFace template scaled to ``size``."""
+    matrix, _ = cv2.estimateAffinePartial2D(points, ARCFACE_TEMPLATE * (size / 112.0), method=cv2.LMEDS)
+    return matrix
+
+
+def align_face(image: np.ndarray, face: DetectedFace, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned square face crop and the transform that produced it (image → crop)."""
+    matrix = similarity_to_template(face.five_points, size)
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return crop, matrix
+
+
+class FaceAnalyzer:
+    """Finds faces and describes them. Detection tries, in order: dlib HOG (upsampling small images), HOG on
+    a padded copy (tight crops whose face touches the border), then OpenCV's Haar cascade."""
+
+    def __init__(self) -> None:
+        self._hog = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+        self._recognizer = dlib.face_recognition_model_v1(
+            str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
+        )
+        self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """All faces in an RGB image, largest first."""
+        boxes = self._hog_boxes(image) or self._padded_hog_boxes(image) or self._haar_boxes(image)
+        faces = [self._landmarks(image, box) for box in boxes]
+        return sorted(faces, key=lambda face: face.area, reverse=True)
+
+    def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
+        """dlib's 128-d ResNet descriptor (Euclidean distance < 0.6 ≈ same person)."""
+        chip = dlib.get_face_chip(image, self._full_object_detection(face), size=150, padding=0.25)
+        return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
+
+    def _hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+        upsample = min(2, max(0, math.ceil(math.log2(MIN_DETECTION_SIDE / min(image.shape[:2])))))
+        return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._hog(image, upsample)]
+
+    def _padded_hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+        pad = int(max(image.shape[:2]) * TIGHT_CROP_PADDING)
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        return [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in self._hog_boxes(padded)]
+
+    def _haar_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+        grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        min_side = max(24, min(image.shape[:2]) // 8)
+        found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=6, minSize=(min_side, min_side))
+        return [(x, y, x + w, y + h) for x, y, w, h in found]
+
+    def _landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        shape = self._shape(image, rect)
+        points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+        return DetectedFace(box=tuple(float(v) for v in box), landmarks=points)
+
+    @staticmethod
+    def _full_object_detection(face: DetectedFace) -> dlib.full_object_detection:
+        rect = dlib.rectangle(*(int(round(v)) for v in face.box))
+        return dlib.full_object_detection(rect, [dlib.point(int(x), int(y)) for x, y in face.landmarks])

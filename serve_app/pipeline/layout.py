@@ -1,0 +1,90 @@
+"""Stage 2, the layout-mask generator: the style alone decides the composition; identity only tells where the
+face will be.
+
+1. denoise N candidates prompt-only from T to t1 (the identity attention is skipped);
+2. at t1 predict the noise with identity and take the DDIM one-step estimate x̂0;
+3. decode x̂0, detect the face, and turn it into a soft face-region mask at latent resolution;
+4. without a face, fall back to the style's prior ellipse — never fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+from serve_app.pipeline.faces import FaceAnalyzer
+from serve_app.pipeline.masks import (
+    Ellipse,
+    face_ellipse,
+    soft_ellipse_mask,
+    to_latent_resolution,
+)
+from serve_app.pipeline.sampling import (
+    IDENTITY,
+    SamplingPlan,
+    StepCallback,
+    decode_latents,
+    encode_conditioning,
+    guided_noise,
+    initial_latents,
+    make_scheduler,
+)
+
+MASK_FROM_FACE = "detected"
+MASK_FROM_PRIOR = "prior"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Per candidate: the latent at t1 [N, C, h, w], its soft face mask [N, 1, h, w], where the mask came from,
+    and the decoded x̂0 preview."""
+
+    latents: torch.Tensor
+    masks: torch.Tensor
+    mask_sources: tuple[str, ...]
+    previews: tuple[np.ndarray, ...]
+
+
+def predicted_original(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """DDIM's one-step estimate x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t."""
+    alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents.dtype)
+    return (latents - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
+
+
+@torch.inference_mode()
+def generate_layout(
+    pipe: StableDiffusionPipeline,
+    faces: FaceAnalyzer,
+    plan: SamplingPlan,
+    prior: Ellipse,
+    on_step: StepCallback | None = None,
+) -> Layout:
+    conditioning = encode_conditioning(pipe, plan)
+    scheduler = make_scheduler(pipe, plan.steps)
+    latents = initial_latents(pipe, plan.seeds, plan.size) * scheduler.init_noise_sigma
+    layout_timesteps = scheduler.timesteps[: plan.layout_steps]
+    for index, timestep in enumerate(layout_timesteps):
+        model_input = scheduler.scale_model_input(latents, timestep)
+        noise = guided_noise(pipe, model_input, timestep, conditioning)[0]
+        latents = scheduler.step(noise, timestep, latents).prev_sample
+        if on_step is not None:
+            on_step(index + 1, plan.layout_steps)
+
+    t1 = scheduler.timesteps[plan.layout_steps]
+    identity_noise = guided_noise(
+        pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,)
+    )[0]
+    previews = decode_latents(pipe, predicted_original(scheduler, latents, identity_noise, t1))
+
+    latent_side = latents.shape[-1]
+    masks, sources = [], []
+    for preview in previews:
+        found = faces.detect(preview)
+        ellipse, source = (face_ellipse(found[0]), MASK_FROM_FACE) if found else (prior, MASK_FROM_PRIOR)
+        masks.append(to_latent_resolution(soft_ellipse_mask(plan.size, ellipse), latent_side))
+        sources.append(source)
+    mask_tensor = torch.from_numpy(np.stack(masks))[:, None].to(latents.device, latents.dtype)
+    return Layout(latents=latents, masks=mask_tensor, mask_sources=tuple(sources), previews=tuple(previews))

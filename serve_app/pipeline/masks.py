@@ -1,0 +1,54 @@
+"""Soft face-region masks: an ellipse around a face (or the style's prior ellipse), grown, feathered and
+resampled to latent resolution. Masks are float32 in [0, 1]; image masks are [H, W], latent masks [h, w]."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from serve_app.pipeline.beautify import feather
+from serve_app.pipeline.faces import DetectedFace, face_outline_points
+
+Ellipse = tuple[tuple[float, float], tuple[float, float]]
+"""((centre x, centre y), (radius x, radius y)) in pixels."""
+
+MASK_GROWTH = 1.2
+FEATHER_FRACTION = 0.06
+
+
+def face_ellipse(face: DetectedFace) -> Ellipse:
+    """The ellipse bounding a face's outline (jaw and forehead)."""
+    outline = face_outline_points(face)
+    low, high = outline.min(0), outline.max(0)
+    centre, radii = (low + high) / 2, (high - low) / 2
+    return (float(centre[0]), float(centre[1])), (float(radii[0]), float(radii[1]))
+
+
+def prior_ellipse(size: int, center: tuple[float, float], radii: tuple[float, float]) -> Ellipse:
+    """A style's prior ellipse, given in fractions of the image side, in pixels."""
+    return (center[0] * size, center[1] * size), (radii[0] * size, radii[1] * size)
+
+
+def soft_ellipse_mask(size: int, ellipse: Ellipse) -> np.ndarray:
+    """A filled ellipse grown by MASK_GROWTH, feathered by FEATHER_FRACTION of the side: the face region."""
+    (cx, cy), (rx, ry) = ellipse
+    mask = np.zeros((size, size), np.float32)
+    axes = (max(1, round(rx * MASK_GROWTH)), max(1, round(ry * MASK_GROWTH)))
+    cv2.ellipse(mask, (round(cx), round(cy)), axes, 0, 0, 360, 1.0, -1)
+    return np.clip(feather(mask, FEATHER_FRACTION * size), 0.0, 1.0)
+
+
+def to_latent_resolution(mask: np.ndarray, latent_side: int) -> np.ndarray:
+    return cv2.resize(mask, (latent_side, latent_side), interpolation=cv2.INTER_AREA)
+
+
+def to_image_resolution(mask: np.ndarray, side: int) -> np.ndarray:
+    return cv2.resize(mask, (side, side), interpolation=cv2.INTER_LINEAR)
+
+
+def mask_box(mask: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) of the mask's region above ``threshold``, or None if it is empty."""
+    ys, xs = np.nonzero(mask > threshold)
+    if len(xs) == 0:
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)

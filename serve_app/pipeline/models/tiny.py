@@ -1,0 +1,200 @@
+"""The ``tiny`` profile: SD1.5-shaped diffusion parts, IP-Adapter-FaceID weights, an ArcFace-signature ONNX
+recognizer and RRDBNet upscalers, all from small configs with seeded random weights, written in the same formats
+production weights come in, so every production loading and inference path runs offline in seconds."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from onnx import TensorProto, helper, numpy_helper
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+SEED = 20261125
+CROSS_ATTENTION_DIM = 32
+IDENTITY_EMBED_DIM = 512
+IDENTITY_TOKENS = 4
+RRDB_FEATURES = 16
+RRDB_GROWTH = 32  # spandrel detects ESRGAN with the official growth width only
+RRDB_BLOCKS = 1
+
+SD15_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+def build_diffusion_pipeline() -> StableDiffusionPipeline:
+    """An SD1.5-shaped text-to-image pipeline with random weights (UNet latent ×8 VAE, 2-layer CLIP)."""
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=128,
+    )
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=CROSS_ATTENTION_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP BPE tokenizer with a character vocabulary and no merges, written to files and read
+    back with ``from_pretrained`` (the path production tokenizers take)."""
+    characters = list(bytes_to_unicode().values())
+    tokens = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, pad_token="<|endoftext|>", model_max_length=77)
+
+
+def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
+    """Random IP-Adapter-FaceID weights in the published key layout: ``image_proj`` (MLP + LayerNorm from the
+    512-d face embedding to tokens) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per cross-attention
+    processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
+    generator = torch.Generator().manual_seed(SEED + 1)
+
+    def weight(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
+
+    hidden = IDENTITY_EMBED_DIM * 2
+    image_proj = {
+        "proj.0.weight": weight(hidden, IDENTITY_EMBED_DIM),
+        "proj.0.bias": torch.zeros(hidden),
+        "proj.2.weight": weight(CROSS_ATTENTION_DIM * IDENTITY_TOKENS, hidden),
+        "proj.2.bias": torch.zeros(CROSS_ATTENTION_DIM * IDENTITY_TOKENS),
+        "norm.weight": torch.ones(CROSS_ATTENTION_DIM),
+        "norm.bias": torch.zeros(CROSS_ATTENTION_DIM),
+    }
+    ip_adapter = {}
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            hidden_size = _attention_hidden_size(unet, name)
+            for projection in ("to_k_ip", "to_v_ip"):
+                ip_adapter[f"{index}.{projection}.weight"] = weight(hidden_size, CROSS_ATTENTION_DIM)
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def _attention_hidden_size(unet: UNet2DConditionModel, processor_name: str) -> int:
+    module = unet.get_submodule(processor_name.removesuffix(".processor"))
+    return module.to_q.out_features
+
+
+def write_arcface_onnx(path: Path) -> Path:
+    """A small random-weight recognizer with ArcFace's signature (N×3×112×112 → N×512), which insightface's
+    model zoo routes to ``ArcFaceONNX`` exactly as it does the production ``w600k_r50.onnx``."""
+    rng = np.random.default_rng(SEED + 2)
+    conv = rng.standard_normal((16, 3, 8, 8)).astype(np.float32) / 8.0
+    dense = rng.standard_normal((16 * 14 * 14, IDENTITY_EMBED_DIM)).astype(np.float32) / 56.0
+    nodes = [
+        helper.make_node("Sub", ["data", "mean"], ["centred"]),
+        helper.make_node("Mul", ["centred", "inv_std"], ["normalised"]),
+        helper.make_node("Conv", ["normalised", "conv_w"], ["features"], strides=[8, 8]),
+        helper.make_node("Relu", ["features"], ["activated"]),
+        helper.make_node("Flatten", ["activated"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "dense_w"], ["fc1"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([127.5], dtype=np.float32), "mean"),
+        numpy_helper.from_array(np.array([1 / 127.5], dtype=np.float32), "inv_std"),
+        numpy_helper.from_array(conv, "conv_w"),
+        numpy_helper.from_array(dense, "dense_w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_arcface",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", IDENTITY_EMBED_DIM])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def rrdbnet_state_dict(scale: int) -> dict[str, torch.Tensor]:
+    """An RRDBNet state dict with the official basicsr/Real-ESRGAN key names (``conv_first``, ``body.i.rdbj``,
+    ``conv_up1`` …; ×2 models see a pixel-unshuffled 12-channel input). Weights are seeded: identity kernels on
+    the image channels plus small random dense blocks, so the tiny upscaler is a nearest-neighbour upscaler with a
+    random residual, and outputs stay viewable."""
+    generator = torch.Generator().manual_seed(SEED + 10 + scale)
+    features, growth = RRDB_FEATURES, RRDB_GROWTH
+    in_channels = 3 * (4 if scale == 2 else 1)
+
+    def small(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.01
+
+    def identity_conv(out_channels: int, in_channels: int, pick: int = 1) -> torch.Tensor:
+        kernel = torch.zeros(out_channels, in_channels, 3, 3)
+        for channel in range(3):
+            for sub_pixel in range(pick):
+                kernel[channel, channel * pick + sub_pixel, 1, 1] = 1.0 / pick
+        return kernel
+
+    state = {
+        "conv_first.weight": identity_conv(features, in_channels, pick=in_channels // 3),
+        "conv_first.bias": torch.zeros(features),
+    }
+    for block in range(RRDB_BLOCKS):
+        for rdb in (1, 2, 3):
+            for conv in range(1, 6):
+                out_channels = features if conv == 5 else growth
+                prefix = f"body.{block}.rdb{rdb}.conv{conv}"
+                state[f"{prefix}.weight"] = small(out_channels, features + (conv - 1) * growth, 3, 3)
+                state[f"{prefix}.bias"] = torch.zeros(out_channels)
+    state["conv_body.weight"] = small(features, features, 3, 3)
+    state["conv_body.bias"] = torch.zeros(features)
+    for name in ("conv_up1", "conv_up2", "conv_hr"):
+        state[f"{name}.weight"] = identity_conv(features, features)
+        state[f"{name}.bias"] = torch.zeros(features)
+    state["conv_last.weight"] = identity_conv(3, features)
+    state["conv_last.bias"] = torch.zeros(3)
+    return {"params_ema": state}

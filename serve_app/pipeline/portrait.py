@@ -1,0 +1,117 @@
+"""The five stages run in process, in order: the reference implementation the Serve graph distributes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from serve_app.pipeline.blend import blend_sample
+from serve_app.pipeline.fusion import Candidate, FusionRanker, RankedPortrait
+from serve_app.pipeline.images import ImageLimits
+from serve_app.pipeline.layout import Layout, generate_layout
+from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.masks import prior_ellipse
+from serve_app.pipeline.models import Models
+from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.pipeline.sampling import SamplingPlan
+from serve_app.pipeline.upscale import upscale_portrait
+from serve_app.schemas import PortraitOptions
+from serve_app.styles import Style
+
+STAGES = ("preprocess", "layout", "blend", "fusion", "upscale")
+
+ProgressCallback = Callable[[dict], None]
+"""Receives events: {"event": "stage_started"|"stage_finished", "stage"} and {"event": "step", "stage", "step", "total"}."""
+
+
+@dataclass
+class PortraitRun:
+    style: Style
+    seed: int
+    plan: SamplingPlan
+    reference: Reference | None = None
+    layout: Layout | None = None
+    portraits: list[RankedPortrait] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_plan(style: Style, options: PortraitOptions, reference: Reference, seed: int) -> SamplingPlan:
+    defaults = style.manifest.defaults
+    return SamplingPlan(
+        prompt=style.manifest.prompt(options.subject),
+        negative_prompt=style.manifest.negative_prompt,
+        identity_embedding=torch.from_numpy(reference.identity_embedding),
+        seeds=tuple(seed + i for i in range(options.num_candidates)),
+        size=options.size or defaults.size,
+        steps=options.steps or defaults.steps,
+        guidance_scale=defaults.guidance_scale,
+        identity_weight=defaults.identity_weight if options.identity_weight is None else options.identity_weight,
+        t1=defaults.t1,
+    )
+
+
+class PortraitPipeline:
+    """preprocess → layout → blend → fusion → upscale, with a style's LoRA active for the diffusion stages."""
+
+    def __init__(self, models: Models, limits: ImageLimits = ImageLimits()) -> None:
+        self.models = models
+        self.limits = limits
+        self.adapters = StyleAdapters(models.diffusion)
+        self.ranker = FusionRanker(models.faces)
+
+    def generate(
+        self, image: bytes, style: Style, options: PortraitOptions, on_event: ProgressCallback | None = None
+    ) -> PortraitRun:
+        emit = on_event or (lambda event: None)
+        seed = secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
+        timings: dict[str, float] = {}
+
+        @contextmanager
+        def stage(name: str) -> Iterator[None]:
+            emit({"event": "stage_started", "stage": name})
+            start = time.perf_counter()
+            yield
+            timings[name] = round((time.perf_counter() - start) * 1000, 1)
+            emit({"event": "stage_finished", "stage": name, "ms": timings[name]})
+
+        def steps(name: str) -> Callable[[int, int], None]:
+            return lambda done, total: emit({"event": "step", "stage": name, "step": done, "total": total})
+
+        with stage("preprocess"):
+            reference = preprocess(self.models, image, self.limits)
+        plan = make_plan(style, options, reference, seed)
+        prior = style.manifest.prior_face_mask
+        self.adapters.load(style.versioned_id, style.lora_path)
+        self.adapters.activate(style.versioned_id, style.manifest.lora.scale)
+        with stage("layout"):
+            layout = generate_layout(
+                self.models.diffusion,
+                self.models.faces,
+                plan,
+                prior_ellipse(plan.size, (prior.center_x, prior.center_y), (prior.radius_x, prior.radius_y)),
+                steps("layout"),
+            )
+        with stage("blend"):
+            images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks, steps("blend"))
+        with stage("fusion"):
+            candidates = [
+                Candidate(image=image, seed=seed, mask=mask[0].cpu().numpy())
+                for image, seed, mask in zip(images, plan.seeds, layout.masks)
+            ]
+            ranked = self.ranker.rank(candidates, reference.aligned_face, reference.aligned_mask, options.top_k)
+        with stage("upscale"):
+            portraits = [self._upscaled(portrait, options.upscale) for portrait in ranked]
+        return PortraitRun(style, seed, plan, reference, layout, portraits, timings)
+
+    def _upscaled(self, portrait: RankedPortrait, scale: int) -> RankedPortrait:
+        image: np.ndarray = upscale_portrait(
+            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.face_box, scale
+        )
+        box = None if portrait.face_box is None else tuple(v * scale for v in portrait.face_box)
+        return RankedPortrait(image, portrait.seed, portrait.identity_score, box, portrait.placement, portrait.rejected)

@@ -1,0 +1,63 @@
+"""Stage 1, the preprocessor: decode and validate, find the one face (the largest), beautify skin, enhance the
+face, parse face and hair, crop aligned, and embed the identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from serve_app.pipeline.beautify import smooth_skin
+from serve_app.pipeline.errors import NoFaceError
+from serve_app.pipeline.faces import DetectedFace, align_face
+from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
+from serve_app.pipeline.models import Models
+from serve_app.pipeline.parsing import FaceParsing, parse_face
+from serve_app.pipeline.restoration import restore_region
+
+WORKING_MAX_SIDE = 1024
+ALIGNED_SIZE = 256
+RECOGNITION_SIZE = 112
+ENHANCEMENT_STRENGTH = 0.5
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The analysed reference face. ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face
+    region mask ``aligned_mask``; ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding."""
+
+    image: np.ndarray
+    face: DetectedFace
+    parsing: FaceParsing
+    aligned_face: np.ndarray
+    aligned_mask: np.ndarray
+    identity_embedding: np.ndarray
+
+
+def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits()) -> Reference:
+    image, _ = resize_max_side(decode_image(data, limits), WORKING_MAX_SIDE)
+    found = models.faces.detect(image)
+    if not found:
+        raise NoFaceError("no face was found in the image; send a front-facing render or photo of one face")
+    face = found[0]
+    parsing = parse_face(image, face)
+    face_width = face.box[2] - face.box[0]
+    beautified = smooth_skin(image, parsing.skin, face_width)
+    enhanced = restore_region(beautified, face.box, models.face_restorer, ENHANCEMENT_STRENGTH)
+    aligned, matrix = align_face(enhanced, face, ALIGNED_SIZE)
+    aligned_mask = cv2.warpAffine(parsing.face, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
+    return Reference(
+        image=enhanced,
+        face=face,
+        parsing=parsing,
+        aligned_face=aligned,
+        aligned_mask=aligned_mask,
+        identity_embedding=identity_embedding(models, enhanced, face),
+    )
+
+
+def identity_embedding(models: Models, image: np.ndarray, face: DetectedFace) -> np.ndarray:
+    crop, _ = align_face(image, face, RECOGNITION_SIZE)
+    embedding = models.identity_encoder.get_feat([cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)])[0]
+    return (embedding / max(float(np.linalg.norm(embedding)), 1e-12)).astype(np.float32)
