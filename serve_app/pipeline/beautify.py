@@ -14,18 +14,19 @@ def feather(mask: np.ndarray, radius: float) -> np.ndarray:
     return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
 
 
-def smooth_skin(image: np.ndarray, skin: np.ndarray, face_width: float, strength: float = 0.75) -> np.ndarray:
+def smooth_skin(image: np.ndarray, skin: np.ndarray, face_width: float, strength: float = 0.85) -> np.ndarray:
     """Remove freckles and blemishes on skin while keeping its fine texture a little.
 
-    The low-frequency layer comes from a bilateral filter (edges such as the jaw line survive); the
-    high-frequency layer (image minus a Gaussian blur) is put back at a quarter amplitude. The result is blended
+    The low-frequency layer comes from three bilateral passes (edges such as the jaw line survive); the
+    high-frequency layer (image minus that) is put back at a quarter amplitude. The result is blended
     in through the feathered skin mask eroded by the feather radius, so pixels off the skin stay untouched.
     """
     radius = max(1.0, face_width / 40.0)
     source = image.astype(np.float32)
-    low = cv2.bilateralFilter(source, d=int(2 * radius) | 1, sigmaColor=30.0, sigmaSpace=radius * 2)
-    high = source - cv2.GaussianBlur(source, (0, 0), radius)
-    smoothed = low + 0.25 * high
+    low = source
+    for _ in range(3):
+        low = cv2.bilateralFilter(low, d=int(3 * radius) | 1, sigmaColor=50.0, sigmaSpace=radius * 2)
+    smoothed = low + 0.25 * (source - low)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(2 * radius) | 1, int(2 * radius) | 1))
     inner = cv2.erode(skin.astype(np.uint8), kernel)
     weight = (strength * feather(inner, radius) * skin)[..., None]

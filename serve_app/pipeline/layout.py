@@ -54,6 +54,15 @@ def predicted_original(scheduler, latents: torch.Tensor, noise: torch.Tensor, ti
     return (latents - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
 
 
+def face_region_mask(
+    faces: FaceAnalyzer, preview: np.ndarray, prior: Ellipse, latent_side: int
+) -> tuple[np.ndarray, str]:
+    """The soft face mask [h, w] of one decoded x̂0 and where it came from: its largest face, else the prior."""
+    found = faces.detect(preview)
+    ellipse, source = (face_ellipse(found[0]), MASK_FROM_FACE) if found else (prior, MASK_FROM_PRIOR)
+    return to_latent_resolution(soft_ellipse_mask(preview.shape[0], ellipse), latent_side), source
+
+
 @torch.inference_mode()
 def generate_layout(
     pipe: StableDiffusionPipeline,
@@ -79,12 +88,7 @@ def generate_layout(
     )[0]
     previews = decode_latents(pipe, predicted_original(scheduler, latents, identity_noise, t1))
 
-    latent_side = latents.shape[-1]
-    masks, sources = [], []
-    for preview in previews:
-        found = faces.detect(preview)
-        ellipse, source = (face_ellipse(found[0]), MASK_FROM_FACE) if found else (prior, MASK_FROM_PRIOR)
-        masks.append(to_latent_resolution(soft_ellipse_mask(plan.size, ellipse), latent_side))
-        sources.append(source)
+    found = [face_region_mask(faces, preview, prior, latents.shape[-1]) for preview in previews]
+    masks, sources = zip(*found)
     mask_tensor = torch.from_numpy(np.stack(masks))[:, None].to(latents.device, latents.dtype)
-    return Layout(latents=latents, masks=mask_tensor, mask_sources=tuple(sources), previews=tuple(previews))
+    return Layout(latents=latents, masks=mask_tensor, mask_sources=sources, previews=tuple(previews))

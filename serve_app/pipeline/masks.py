@@ -12,8 +12,8 @@ from serve_app.pipeline.faces import DetectedFace, face_outline_points
 Ellipse = tuple[tuple[float, float], tuple[float, float]]
 """((centre x, centre y), (radius x, radius y)) in pixels."""
 
-MASK_GROWTH = 1.2
-FEATHER_FRACTION = 0.06
+MASK_GROWTH = 1.25
+FEATHER_FRACTION = 0.2
 
 
 def face_ellipse(face: DetectedFace) -> Ellipse:
@@ -30,12 +30,13 @@ def prior_ellipse(size: int, center: tuple[float, float], radii: tuple[float, fl
 
 
 def soft_ellipse_mask(size: int, ellipse: Ellipse) -> np.ndarray:
-    """A filled ellipse grown by MASK_GROWTH, feathered by FEATHER_FRACTION of the side: the face region."""
+    """A filled ellipse grown by MASK_GROWTH and feathered over FEATHER_FRACTION of its mean radius, so the
+    face itself stays at full weight and the identity fades out around it."""
     (cx, cy), (rx, ry) = ellipse
     mask = np.zeros((size, size), np.float32)
     axes = (max(1, round(rx * MASK_GROWTH)), max(1, round(ry * MASK_GROWTH)))
     cv2.ellipse(mask, (round(cx), round(cy)), axes, 0, 0, 360, 1.0, -1)
-    return np.clip(feather(mask, FEATHER_FRACTION * size), 0.0, 1.0)
+    return np.clip(feather(mask, FEATHER_FRACTION * (rx + ry) / 2), 0.0, 1.0)
 
 
 def to_latent_resolution(mask: np.ndarray, latent_side: int) -> np.ndarray:

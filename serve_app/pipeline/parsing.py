@@ -85,6 +85,12 @@ def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray) ->
     labels[rect[1] : rect[3], rect[0] : rect[2]] = cv2.GC_PR_FGD
     face_small = cv2.resize(face_region[cy0:cy1, cx0:cx1], small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     labels[face_small.astype(bool)] = cv2.GC_FGD
+    # A head filling the whole image (a tight crop) leaves no background: its border is the best guess.
+    ring = np.ones_like(labels, bool)
+    ring[1:-1, 1:-1] = False
+    labels[ring & (labels == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
+    if not np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+        return np.zeros_like(face_region)
     cv2.setRNGSeed(0)
     background, foreground = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), labels, None, background, foreground, 3, cv2.GC_INIT_WITH_MASK)
