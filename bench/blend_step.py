@@ -34,8 +34,9 @@ def naive_step(pipe, scheduler, latents, timestep, conditioning, masks, identity
     for index in range(latents.shape[0]):
         latent = latents[index : index + 1]
         model_input = scheduler.scale_model_input(latent, timestep)
+        single = conditioning.candidates(index, index + 1)
         branches = [
-            scheduler.step(guided_noise(pipe, model_input, timestep, conditioning, (gate,))[0], timestep, latent)
+            scheduler.step(guided_noise(pipe, model_input, timestep, single, (gate,))[0], timestep, latent)
             .prev_sample
             for gate in (IDENTITY_FREE, IDENTITY)
         ]
@@ -68,7 +69,7 @@ def main() -> None:
         identity_weight=0.8,
         t1=0.35,
     )
-    conditioning = encode_conditioning(pipe, plan)
+    conditioning = encode_conditioning(pipe, [plan])
     scheduler = make_scheduler(pipe, plan.steps)
     timestep = scheduler.timesteps[plan.layout_steps]
     latents = initial_latents(pipe, plan.seeds, plan.size)

@@ -28,7 +28,17 @@ def test_finds_and_aligns_the_astronaut(models, astronaut_png):
     assert reference.identity_embedding.shape == (512,)
     assert np.linalg.norm(reference.identity_embedding) == pytest.approx(1.0, abs=1e-5)
     assert reference.aligned_mask[ALIGNED_SIZE // 2, ALIGNED_SIZE // 2] > 0.9  # face region covers the nose
-    assert reference.parsing.hair[40:80, 170:260].mean() > 0.3  # her hair above the forehead
+
+
+def test_parsing_separates_skin_features_and_hair(models, astronaut):
+    face = models.faces.detect(astronaut)[0]
+    parsing = parse_face(astronaut, face)
+    assert parsing.hair[40:80, 170:260].mean() > 0.3  # her hair above the forehead
+    eye = np.round(face.landmarks[36:42].mean(0)).astype(int)
+    assert parsing.features[eye[1], eye[0]] == 1 and parsing.skin[eye[1], eye[0]] == 0
+    cheek = np.round((face.landmarks[2] + face.landmarks[31]) / 2).astype(int)
+    assert parsing.skin[cheek[1], cheek[0]] == 1 and parsing.hair[cheek[1], cheek[0]] == 0
+    assert parsing.skin[:, :60].sum() == 0 and parsing.face[-60:].sum() == 0
 
 
 def test_no_face_is_a_422_no_face_error(models):
@@ -47,7 +57,8 @@ def test_tight_112_face_crop(models):
 def test_greyscale_photo(models, astronaut):
     grey = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     reference = preprocess(models, png_bytes(grey))
-    assert reference.image.shape[2] == 3
+    assert reference.aligned_face.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
+    assert np.ptp(reference.aligned_face[..., 0].astype(int) - reference.aligned_face[..., 1]) <= 4  # still grey
 
 
 def test_group_photo_takes_the_largest_face(models):

@@ -4,6 +4,8 @@ face mask:  x_{t−1} = λ·M ⊙ x^id_{t−1} + (1 − λ·M) ⊙ x^free_{t−1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
@@ -11,19 +13,22 @@ from diffusers import StableDiffusionPipeline
 from serve_app.pipeline.sampling import (
     IDENTITY,
     IDENTITY_FREE,
+    Conditioning,
     SamplingPlan,
     StepCallback,
     decode_latents,
     encode_conditioning,
     guided_noise,
     make_scheduler,
+    shared_schedule,
+    split_per_plan,
 )
 
 
 def fuse_branches(
-    free: torch.Tensor, identity: torch.Tensor, masks: torch.Tensor, identity_weight: float
+    free: torch.Tensor, identity: torch.Tensor, masks: torch.Tensor, identity_weight: float | torch.Tensor
 ) -> torch.Tensor:
-    """λ·M ⊙ identity + (1 − λ·M) ⊙ free, with M [N, 1, h, w] broadcast over channels."""
+    """λ·M ⊙ identity + (1 − λ·M) ⊙ free, with M [N, 1, h, w] broadcast over channels; λ a float or [N, 1, 1, 1]."""
     weight = identity_weight * masks
     return weight * identity + (1 - weight) * free
 
@@ -33,9 +38,9 @@ def blend_step(
     scheduler,
     latents: torch.Tensor,
     timestep: torch.Tensor,
-    conditioning,
+    conditioning: Conditioning,
     masks: torch.Tensor,
-    identity_weight: float,
+    identity_weight: float | torch.Tensor,
 ) -> torch.Tensor:
     """One denoising step for all candidates: one UNet call, one scheduler step over both branches, one fuse."""
     model_input = scheduler.scale_model_input(latents, timestep)
@@ -45,7 +50,48 @@ def blend_step(
     return fuse_branches(free, identity, masks, identity_weight)
 
 
-@torch.inference_mode()
+class BlendRun:
+    """The blend sampling of several requests that share a schedule, one step per ``step()`` call, so a caller
+    can report progress or interleave work between steps."""
+
+    @torch.inference_mode()
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        plans: Sequence[SamplingPlan],
+        latents: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+    ) -> None:
+        schedule = shared_schedule(plans)
+        self.pipe, self.plans = pipe, list(plans)
+        self.latents, self.masks = torch.cat(list(latents)), torch.cat(list(masks))
+        self.weights = torch.tensor(
+            [plan.identity_weight for plan in plans for _ in plan.seeds], dtype=self.latents.dtype
+        ).view(-1, 1, 1, 1)
+        self.conditioning = encode_conditioning(pipe, plans)
+        self.scheduler = make_scheduler(pipe, schedule.steps)
+        self.timesteps = self.scheduler.timesteps[schedule.layout_steps :]
+        self.done = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.timesteps)
+
+    @torch.inference_mode()
+    def step(self) -> int:
+        """Run the next step; returns how many steps are done."""
+        timestep = self.timesteps[self.done]
+        self.latents = blend_step(
+            self.pipe, self.scheduler, self.latents, timestep, self.conditioning, self.masks, self.weights
+        )
+        self.done += 1
+        return self.done
+
+    def images(self) -> list[list[np.ndarray]]:
+        """Decode every candidate; one list of RGB images per plan."""
+        return split_per_plan(decode_latents(self.pipe, self.latents), self.plans)
+
+
 def blend_sample(
     pipe: StableDiffusionPipeline,
     plan: SamplingPlan,
@@ -53,12 +99,10 @@ def blend_sample(
     masks: torch.Tensor,
     on_step: StepCallback | None = None,
 ) -> list[np.ndarray]:
-    """Denoise the layout latents from t1 to 0 and decode them into N RGB candidates."""
-    conditioning = encode_conditioning(pipe, plan)
-    scheduler = make_scheduler(pipe, plan.steps)
-    timesteps = scheduler.timesteps[plan.layout_steps :]
-    for index, timestep in enumerate(timesteps):
-        latents = blend_step(pipe, scheduler, latents, timestep, conditioning, masks, plan.identity_weight)
+    """Denoise one request's layout latents from t1 to 0 and decode them into N RGB candidates."""
+    run = BlendRun(pipe, [plan], [latents], [masks])
+    while run.done < run.total:
+        done = run.step()
         if on_step is not None:
-            on_step(index + 1, len(timesteps))
-    return decode_latents(pipe, latents)
+            on_step(done, run.total)
+    return run.images()[0]

@@ -9,6 +9,7 @@ face will be.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +17,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from serve_app.pipeline.faces import FaceAnalyzer
-from serve_app.pipeline.masks import (
-    Ellipse,
-    face_ellipse,
-    soft_ellipse_mask,
-    to_latent_resolution,
-)
+from serve_app.pipeline.masks import Ellipse, face_ellipse, soft_ellipse_mask, to_latent_resolution
 from serve_app.pipeline.sampling import (
     IDENTITY,
     SamplingPlan,
@@ -31,6 +27,8 @@ from serve_app.pipeline.sampling import (
     guided_noise,
     initial_latents,
     make_scheduler,
+    shared_schedule,
+    split_per_plan,
 )
 
 MASK_FROM_FACE = "detected"
@@ -64,6 +62,46 @@ def face_region_mask(
 
 
 @torch.inference_mode()
+def generate_layouts(
+    pipe: StableDiffusionPipeline,
+    faces: FaceAnalyzer,
+    plans: Sequence[SamplingPlan],
+    priors: Sequence[Ellipse],
+    on_step: StepCallback | None = None,
+) -> list[Layout]:
+    """Layouts for several requests sharing a schedule, their candidates in one UNet batch."""
+    schedule = shared_schedule(plans)
+    conditioning = encode_conditioning(pipe, plans)
+    scheduler = make_scheduler(pipe, schedule.steps)
+    latents = torch.cat([initial_latents(pipe, plan.seeds, plan.size) for plan in plans]) * scheduler.init_noise_sigma
+    for index, timestep in enumerate(scheduler.timesteps[: schedule.layout_steps]):
+        noise = guided_noise(pipe, scheduler.scale_model_input(latents, timestep), timestep, conditioning)[0]
+        latents = scheduler.step(noise, timestep, latents).prev_sample
+        if on_step is not None:
+            on_step(index + 1, schedule.layout_steps)
+
+    t1 = scheduler.timesteps[schedule.layout_steps]
+    identity_noise = guided_noise(
+        pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,)
+    )[0]
+    previews = decode_latents(pipe, predicted_original(scheduler, latents, identity_noise, t1))
+
+    layouts = []
+    for plan, prior, plan_latents, plan_previews in zip(
+        plans, priors, split_per_plan(latents, plans), split_per_plan(previews, plans)
+    ):
+        masks, sources = zip(*(face_region_mask(faces, p, prior, latents.shape[-1]) for p in plan_previews))
+        layouts.append(
+            Layout(
+                latents=torch.stack(plan_latents),
+                masks=torch.from_numpy(np.stack(masks))[:, None].to(latents.device, latents.dtype),
+                mask_sources=sources,
+                previews=tuple(plan_previews),
+            )
+        )
+    return layouts
+
+
 def generate_layout(
     pipe: StableDiffusionPipeline,
     faces: FaceAnalyzer,
@@ -71,24 +109,4 @@ def generate_layout(
     prior: Ellipse,
     on_step: StepCallback | None = None,
 ) -> Layout:
-    conditioning = encode_conditioning(pipe, plan)
-    scheduler = make_scheduler(pipe, plan.steps)
-    latents = initial_latents(pipe, plan.seeds, plan.size) * scheduler.init_noise_sigma
-    layout_timesteps = scheduler.timesteps[: plan.layout_steps]
-    for index, timestep in enumerate(layout_timesteps):
-        model_input = scheduler.scale_model_input(latents, timestep)
-        noise = guided_noise(pipe, model_input, timestep, conditioning)[0]
-        latents = scheduler.step(noise, timestep, latents).prev_sample
-        if on_step is not None:
-            on_step(index + 1, plan.layout_steps)
-
-    t1 = scheduler.timesteps[plan.layout_steps]
-    identity_noise = guided_noise(
-        pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,)
-    )[0]
-    previews = decode_latents(pipe, predicted_original(scheduler, latents, identity_noise, t1))
-
-    found = [face_region_mask(faces, preview, prior, latents.shape[-1]) for preview in previews]
-    masks, sources = zip(*found)
-    mask_tensor = torch.from_numpy(np.stack(masks))[:, None].to(latents.device, latents.dtype)
-    return Layout(latents=latents, masks=mask_tensor, mask_sources=sources, previews=tuple(previews))
+    return generate_layouts(pipe, faces, [plan], [prior], on_step)[0]

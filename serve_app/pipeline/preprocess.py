@@ -13,7 +13,7 @@ from serve_app.pipeline.errors import NoFaceError
 from serve_app.pipeline.faces import DetectedFace, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
-from serve_app.pipeline.parsing import FaceParsing, parse_face
+from serve_app.pipeline.parsing import parse_face
 from serve_app.pipeline.restoration import restore_region
 
 WORKING_MAX_SIDE = 1024
@@ -24,12 +24,11 @@ ENHANCEMENT_STRENGTH = 0.5
 
 @dataclass(frozen=True)
 class Reference:
-    """The analysed reference face. ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face
-    region mask ``aligned_mask``; ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding."""
+    """What later stages need of the reference face (the full image stays in the preprocessor).
+    ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face region mask ``aligned_mask``;
+    ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding."""
 
-    image: np.ndarray
     face: DetectedFace
-    parsing: FaceParsing
     aligned_face: np.ndarray
     aligned_mask: np.ndarray
     identity_embedding: np.ndarray
@@ -48,9 +47,7 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
     aligned, matrix = align_face(enhanced, face, ALIGNED_SIZE)
     aligned_mask = cv2.warpAffine(parsing.face, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
     return Reference(
-        image=enhanced,
         face=face,
-        parsing=parsing,
         aligned_face=aligned,
         aligned_mask=aligned_mask,
         identity_embedding=identity_embedding(models, enhanced, face),

@@ -1,11 +1,16 @@
-"""What the layout generator and the blend sampler share: the sampling plan, prompt and identity conditioning,
-and the batched, identity-gated, classifier-free-guided UNet call."""
+"""What the layout generator and the blend sampler share: the sampling plan, per-candidate prompt and identity
+conditioning, and the batched, identity-gated, classifier-free-guided UNet call.
+
+Candidates of several requests can share one UNet batch when their plans share a schedule (size, steps, t1);
+everything else (prompt, identity, guidance, λ, seed) is per candidate.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -37,14 +42,42 @@ class SamplingPlan:
         """Steps run prompt-only before t1; at least one, and at least one left for blending."""
         return min(self.steps - 1, max(1, round(self.t1 * self.steps)))
 
+    @property
+    def schedule(self) -> tuple[int, int, int]:
+        """Plans with equal schedules can be sampled in one batch."""
+        return self.size, self.steps, self.layout_steps
+
+
+def schedule_groups(plans: Sequence[SamplingPlan]) -> list[list[int]]:
+    """Indices of ``plans`` grouped by schedule, in first-seen order."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for index, plan in enumerate(plans):
+        groups.setdefault(plan.schedule, []).append(index)
+    return list(groups.values())
+
+
+def shared_schedule(plans: Sequence[SamplingPlan]) -> SamplingPlan:
+    """The first plan, after checking that every plan shares its schedule."""
+    if not plans:
+        raise ValueError("no plans to sample")
+    if len({plan.schedule for plan in plans}) != 1:
+        raise ValueError("plans sampled together must share size, steps and t1; group them with schedule_groups")
+    return plans[0]
+
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Text embeddings (negative, positive) and FaceID embeddings (zeros, identity), each with a leading 2."""
+    """Per candidate (leading dimension M): negative and positive text embeddings [M, L, C], FaceID embeddings
+    [M, 1, D] and guidance scales [M]."""
 
-    text: torch.Tensor
+    negative: torch.Tensor
+    positive: torch.Tensor
     identity: torch.Tensor
-    guidance_scale: float
+    guidance: torch.Tensor
+
+    def candidates(self, start: int, stop: int) -> Conditioning:
+        """The conditioning of candidates ``start:stop``."""
+        return Conditioning(*(tensor[start:stop] for tensor in vars(self).values()))
 
 
 def make_scheduler(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
@@ -55,20 +88,20 @@ def make_scheduler(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
 
 
 @torch.inference_mode()
-def encode_conditioning(pipe: StableDiffusionPipeline, plan: SamplingPlan) -> Conditioning:
-    positive, negative = pipe.encode_prompt(
-        plan.prompt,
-        device=pipe.device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=True,
-        negative_prompt=plan.negative_prompt,
-    )
-    identity = plan.identity_embedding.reshape(1, 1, -1).to(pipe.device, pipe.unet.dtype)
-    return Conditioning(
-        text=torch.cat([negative, positive]),
-        identity=torch.cat([torch.zeros_like(identity), identity]),
-        guidance_scale=plan.guidance_scale,
-    )
+def encode_conditioning(pipe: StableDiffusionPipeline, plans: Sequence[SamplingPlan]) -> Conditioning:
+    parts = []
+    for plan in plans:
+        positive, negative = pipe.encode_prompt(
+            plan.prompt,
+            device=pipe.device,
+            num_images_per_prompt=len(plan.seeds),
+            do_classifier_free_guidance=True,
+            negative_prompt=plan.negative_prompt,
+        )
+        identity = plan.identity_embedding.reshape(1, 1, -1).to(pipe.device, pipe.unet.dtype)
+        guidance = torch.full((len(plan.seeds),), plan.guidance_scale, device=pipe.device, dtype=pipe.unet.dtype)
+        parts.append((negative, positive, identity.expand(len(plan.seeds), -1, -1), guidance))
+    return Conditioning(*(torch.cat(tensors) for tensors in zip(*parts)))
 
 
 @torch.inference_mode()
@@ -81,26 +114,25 @@ def guided_noise(
 ) -> torch.Tensor:
     """Classifier-free-guided noise for every candidate and every branch in ONE UNet call.
 
-    ``latents`` is [N, C, h, w]. Rows are laid out branch-major, then (negative, positive), then candidate;
+    ``latents`` is [M, C, h, w]. Rows are laid out branch-major, then (negative, positive), then candidate;
     each branch's identity attention is scaled by its gate (0: identity-free, 1: identity). Returns
-    [len(branch_gates), N, C, h, w]. When every gate is 0 the identity attention is skipped altogether.
+    [len(branch_gates), M, C, h, w]. When every gate is 0 the identity attention is skipped altogether.
     """
     count, branches = latents.shape[0], len(branch_gates)
-    model_input = latents.repeat(2 * branches, 1, 1, 1)
-    text = conditioning.text.repeat_interleave(count, dim=0).repeat(branches, 1, 1)
-    identity = conditioning.identity.repeat_interleave(count, dim=0).repeat(branches, 1, 1)
+    text = torch.cat([conditioning.negative, conditioning.positive]).repeat(branches, 1, 1)
+    identity = torch.cat([torch.zeros_like(conditioning.identity), conditioning.identity]).repeat(branches, 1, 1)
     gates = None
     if any(branch_gates):
         gates = torch.tensor(branch_gates, dtype=latents.dtype, device=latents.device).repeat_interleave(2 * count)
     noise = pipe.unet(
-        model_input,
+        latents.repeat(2 * branches, 1, 1, 1),
         timestep,
         encoder_hidden_states=text,
         added_cond_kwargs={"image_embeds": [identity]},
         cross_attention_kwargs={IDENTITY_GATE: gates},
     ).sample
     negative, positive = noise.view(branches, 2, count, *noise.shape[1:]).unbind(1)
-    return negative + conditioning.guidance_scale * (positive - negative)
+    return negative + conditioning.guidance[:, None, None, None] * (positive - negative)
 
 
 def initial_latents(pipe: StableDiffusionPipeline, seeds: Sequence[int], size: int) -> torch.Tensor:
@@ -112,8 +144,14 @@ def initial_latents(pipe: StableDiffusionPipeline, seeds: Sequence[int], size: i
 
 
 @torch.inference_mode()
-def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> list:
+def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> list[np.ndarray]:
     """Latents → list of RGB uint8 arrays."""
     decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     images = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [image.permute(1, 2, 0).cpu().numpy() for image in images]
+
+
+def split_per_plan(items: Sequence, plans: Sequence[SamplingPlan]) -> list[list]:
+    """Cut a per-candidate sequence back into one list per plan."""
+    bounds = np.cumsum([0] + [len(plan.seeds) for plan in plans])
+    return [list(items[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,14 +27,44 @@ PROFILES = ("tiny",)
 UPSCALE_FACTORS = (2, 4)
 
 
-@dataclass
 class Models:
-    profile: str
-    diffusion: StableDiffusionPipeline
-    identity_encoder: ArcFaceONNX
-    faces: FaceAnalyzer
-    upscalers: dict[int, ImageModelDescriptor]
-    face_restorer: FaceRestorer
+    """The models of one profile, each built on first use, so a stage's process builds only what it needs."""
+
+    def __init__(self, profile: str) -> None:
+        self.profile = check_profile(profile)
+
+    @functools.cached_property
+    def diffusion(self) -> StableDiffusionPipeline:
+        """SD1.5-shaped pipeline with IP-Adapter-FaceID loaded and per-sample gated identity attention."""
+        torch.set_grad_enabled(False)
+        pipe = tiny.build_diffusion_pipeline()
+        pipe.load_ip_adapter(
+            tiny.ip_adapter_faceid_state_dict(pipe.unet), subfolder=None, weight_name=None, image_encoder_folder=None
+        )
+        install_gated_processors(pipe.unet)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @functools.cached_property
+    def identity_encoder(self) -> ArcFaceONNX:
+        with tempfile.TemporaryDirectory() as folder:
+            onnx_path = tiny.write_arcface_onnx(Path(folder) / "w600k_r50.onnx")
+            return get_model(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    @functools.cached_property
+    def faces(self) -> FaceAnalyzer:
+        return FaceAnalyzer()
+
+    @functools.cached_property
+    def upscalers(self) -> dict[int, ImageModelDescriptor]:
+        return {
+            scale: ModelLoader().load_from_state_dict(tiny.rrdbnet_state_dict(scale)).eval()
+            for scale in UPSCALE_FACTORS
+        }
+
+    @functools.cached_property
+    def face_restorer(self) -> FaceRestorer:
+        return ClassicalFaceRestorer()
 
 
 def check_profile(profile: str) -> str:
@@ -46,26 +75,5 @@ def check_profile(profile: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def load_models(profile: str = "tiny") -> Models:
-    """Build (once per process) the models of a profile."""
-    check_profile(profile)
-    torch.set_grad_enabled(False)
-    diffusion = tiny.build_diffusion_pipeline()
-    diffusion.load_ip_adapter(
-        tiny.ip_adapter_faceid_state_dict(diffusion.unet), subfolder=None, weight_name=None, image_encoder_folder=None
-    )
-    install_gated_processors(diffusion.unet)
-    diffusion.set_progress_bar_config(disable=True)
-    with tempfile.TemporaryDirectory() as folder:
-        onnx_path = tiny.write_arcface_onnx(Path(folder) / "w600k_r50.onnx")
-        identity_encoder = get_model(str(onnx_path), providers=["CPUExecutionProvider"])
-    upscalers = {
-        scale: ModelLoader().load_from_state_dict(tiny.rrdbnet_state_dict(scale)).eval() for scale in UPSCALE_FACTORS
-    }
-    return Models(
-        profile=profile,
-        diffusion=diffusion,
-        identity_encoder=identity_encoder,
-        faces=FaceAnalyzer(),
-        upscalers=upscalers,
-        face_restorer=ClassicalFaceRestorer(),
-    )
+    """The process-wide models of a profile (each built on first use)."""
+    return Models(profile)
