@@ -31,12 +31,7 @@ def summarize(run: PortraitRun) -> PortraitSummary:
     return PortraitSummary(
         style=run.style.versioned_id,
         seed=run.seed,
-        images=[
-            PortraitImage(
-                identity_score=round(p.identity_score, 4), seed=p.seed, face_placement=p.placement, rejected=p.rejected
-            )
-            for p in run.portraits
-        ],
+        images=[PortraitImage.of(portrait) for portrait in run.portraits],
         mask_sources=list(run.layout.mask_sources),
         timings=run.timings,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_CANDIDATES = 8
 
@@ -41,6 +43,16 @@ class PortraitImage(BaseModel):
         description="null for an accepted portrait; otherwise why it only fills the K (no_face, several_faces, …)"
     )
 
+    @classmethod
+    def of(cls, portrait) -> PortraitImage:
+        """From a ``serve_app.pipeline.fusion.RankedPortrait``."""
+        return cls(
+            identity_score=round(portrait.identity_score, 4),
+            seed=portrait.seed,
+            face_placement=portrait.placement,
+            rejected=portrait.rejected,
+        )
+
 
 class PortraitSummary(BaseModel):
     style: str = Field(description="versioned style id used")
@@ -48,3 +60,76 @@ class PortraitSummary(BaseModel):
     images: list[PortraitImage]
     mask_sources: list[str] = Field(description="per candidate: 'detected' face or style 'prior' mask")
     timings: dict[str, float] = Field(description="milliseconds per stage")
+
+
+class PortraitAppArgs(BaseModel):
+    """Arguments of ``serve_app.app:build_app`` (the ``args`` of an application in a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    profile: str = Field("tiny", description="model profile")
+    styles_dir: Path = Field(Path("styles"), description="folder of style folders; relative to the working dir")
+    weights_dir: Path | None = Field(None, description="production weights folder (production profile only)")
+    lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
+    max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")
+    request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
+    max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
+    max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
+
+    @field_validator("styles_dir", "weights_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas do not share the builder's working directory.
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from serve_app.pipeline.models import check_profile
+
+        return check_profile(value)
+
+    @model_validator(mode="after")
+    def _styles_exist(self) -> PortraitAppArgs:
+        if not self.styles_dir.is_dir():
+            raise ValueError(f"styles_dir {self.styles_dir} is not a directory")
+        return self
+
+
+class PortraitJSONRequest(PortraitOptions):
+    """The JSON body of ``POST /v1/portraits``: the options plus the image as base64."""
+
+    image_base64: str = Field(description="the reference image (JPEG, PNG, WebP, BMP or TIFF), base64-encoded")
+
+
+class GeneratedPortrait(PortraitImage):
+    image_base64: str = Field(description="the portrait as a base64-encoded PNG")
+
+
+class PortraitResponse(BaseModel):
+    request_id: str
+    style: str = Field(description="versioned style id used (id@version)")
+    seed: int = Field(description="seed of the first candidate")
+    images: list[GeneratedPortrait] = Field(description="K portraits, best identity score first")
+    timings: dict[str, float] = Field(description="milliseconds per stage")
+    lora_cache: dict[str, str] = Field(description="per diffusion stage: 'hit' if the style was already loaded")
+
+
+class StyleInfo(BaseModel):
+    id: str
+    version: int
+    versioned_id: str
+    title: str
+    description: str
+    tags: list[str]
+    defaults: dict
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

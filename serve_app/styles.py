@@ -143,10 +143,10 @@ class StyleCatalog:
     def list(self) -> list[Style]:
         return [self._styles[i] for i in self.ids()]
 
-    def get(self, style_id: str) -> Style:
-        try:
-            return self._styles[style_id]
-        except KeyError:
-            raise UnknownStyleError(
-                f"unknown style {style_id!r}; available: {', '.join(self.ids()) or 'none'}"
-            ) from None
+    def get(self, style: str) -> Style:
+        """A style by id, or by versioned id ``id@version``."""
+        style_id, _, version = style.partition("@")
+        found = self._styles.get(style_id)
+        if found is None or (version and version != str(found.manifest.version)):
+            raise UnknownStyleError(f"unknown style {style!r}; available: {', '.join(self.ids()) or 'none'}")
+        return found

@@ -64,3 +64,22 @@ class InvalidParameterError(PortraitError):
 
     code = "invalid_parameter"
     http_status = 422
+
+
+class UnsupportedMediaTypeError(PortraitError):
+    """The request body is neither multipart form data nor JSON."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class RequestTimeoutError(PortraitError):
+    code = "timeout"
+    http_status = 408
+
+
+class OverloadedError(PortraitError):
+    """Backpressure: the service is at capacity; retry later."""
+
+    code = "overloaded"
+    http_status = 503

@@ -4,10 +4,12 @@ reject broken faces and keep the top K — always K, the shortfall filled with f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer
 from serve_app.pipeline.masks import mask_box, to_image_resolution
@@ -24,6 +26,13 @@ class Candidate:
     image: np.ndarray
     seed: int
     mask: np.ndarray
+
+
+def make_candidates(images: Sequence[np.ndarray], seeds: Sequence[int], masks: torch.Tensor) -> list[Candidate]:
+    """Pair the blend sampler's images with their seeds and layout masks ([N, 1, h, w])."""
+    return [
+        Candidate(image=image, seed=seed, mask=mask[0].cpu().numpy()) for image, seed, mask in zip(images, seeds, masks)
+    ]
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,69 @@
-"""Style LoRA adapters on the diffusion pipeline (diffusers/peft): load once under the versioned style id,
-activate per request, unload on eviction."""
+"""Style LoRA adapters on one diffusion pipeline (diffusers/peft): loaded once under the versioned style id,
+activated per run, pinned while a run uses them, and unloaded when released — at once, or when the last run
+using the style ends (a cache may evict a style that a running batch still uses)."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
 
+def adapter_name(versioned_id: str) -> str:
+    """peft adapter names become module attribute names: no '@' or '.'."""
+    return versioned_id.replace("@", "__v").replace(".", "_")
+
+
 class StyleAdapters:
-    """The LoRA adapters loaded on one pipeline, keyed by versioned style id (``id@version``)."""
+    """The LoRA adapters loaded on one pipeline, keyed by versioned style id (``id@version``). Thread-safe."""
 
     def __init__(self, pipe: StableDiffusionPipeline) -> None:
         self.pipe = pipe
         self._lock = threading.Lock()
-
-    @staticmethod
-    def adapter_name(versioned_id: str) -> str:
-        # peft adapter names become module attribute names: no '@' or '.'.
-        return versioned_id.replace("@", "__v").replace(".", "_")
+        self._pins: Counter[str] = Counter()
+        self._released: set[str] = set()
 
     def loaded(self) -> list[str]:
         return list(self.pipe.get_list_adapters().get("unet", []))
 
-    def load(self, versioned_id: str, lora_path: Path) -> None:
-        name = self.adapter_name(versioned_id)
+    def is_loaded(self, versioned_id: str) -> bool:
         with self._lock:
+            return adapter_name(versioned_id) in self.loaded() and versioned_id not in self._released
+
+    def load(self, versioned_id: str, lora_path: Path) -> None:
+        name = adapter_name(versioned_id)
+        with self._lock:
+            self._released.discard(versioned_id)
             if name not in self.loaded():
                 self.pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name, adapter_name=name)
 
-    def activate(self, versioned_id: str, weight: float) -> None:
-        self.pipe.set_adapters([self.adapter_name(versioned_id)], adapter_weights=[weight])
-
-    def unload(self, versioned_id: str) -> None:
-        name = self.adapter_name(versioned_id)
+    def release(self, versioned_id: str) -> None:
+        """Unload now, or when the last run pinning the style ends. Idempotent."""
         with self._lock:
-            if name in self.loaded():
-                self.pipe.delete_adapters(name)
+            self._released.add(versioned_id)
+            if not self._pins[versioned_id]:
+                self._unload(versioned_id)
+
+    @contextmanager
+    def active(self, versioned_id: str, weight: float) -> Iterator[None]:
+        """Pin the style and make it the only active adapter for the duration of a run."""
+        with self._lock:
+            self._pins[versioned_id] += 1
+            self.pipe.set_adapters([adapter_name(versioned_id)], adapter_weights=[weight])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins[versioned_id] -= 1
+                if not self._pins[versioned_id] and versioned_id in self._released:
+                    self._unload(versioned_id)
+
+    def _unload(self, versioned_id: str) -> None:
+        self._released.discard(versioned_id)
+        del self._pins[versioned_id]
+        if adapter_name(versioned_id) in self.loaded():
+            self.pipe.delete_adapters(adapter_name(versioned_id))

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from serve_app.pipeline.blend import blend_sample
-from serve_app.pipeline.fusion import Candidate, FusionRanker, RankedPortrait
+from serve_app.pipeline.fusion import FusionRanker, RankedPortrait, make_candidates
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.layout import Layout, generate_layout
 from serve_app.pipeline.lora import StyleAdapters
-from serve_app.pipeline.masks import prior_ellipse
+from serve_app.pipeline.masks import Ellipse, prior_ellipse
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference, preprocess
 from serve_app.pipeline.sampling import SamplingPlan
@@ -56,6 +56,11 @@ def make_plan(style: Style, options: PortraitOptions, reference: Reference, seed
     )
 
 
+def style_prior(style: Style, size: int) -> Ellipse:
+    prior = style.manifest.prior_face_mask
+    return prior_ellipse(size, (prior.center_x, prior.center_y), (prior.radius_x, prior.radius_y))
+
+
 class PortraitPipeline:
     """preprocess → layout → blend → fusion → upscale, with a style's LoRA active for the diffusion stages."""
 
@@ -86,24 +91,16 @@ class PortraitPipeline:
         with stage("preprocess"):
             reference = preprocess(self.models, image, self.limits)
         plan = make_plan(style, options, reference, seed)
-        prior = style.manifest.prior_face_mask
         self.adapters.load(style.versioned_id, style.lora_path)
-        self.adapters.activate(style.versioned_id, style.manifest.lora.scale)
-        with stage("layout"):
-            layout = generate_layout(
-                self.models.diffusion,
-                self.models.faces,
-                plan,
-                prior_ellipse(plan.size, (prior.center_x, prior.center_y), (prior.radius_x, prior.radius_y)),
-                steps("layout"),
-            )
-        with stage("blend"):
-            images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks, steps("blend"))
+        with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
+            with stage("layout"):
+                layout = generate_layout(
+                    self.models.diffusion, self.models.faces, plan, style_prior(style, plan.size), steps("layout")
+                )
+            with stage("blend"):
+                images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks, steps("blend"))
         with stage("fusion"):
-            candidates = [
-                Candidate(image=image, seed=seed, mask=mask[0].cpu().numpy())
-                for image, seed, mask in zip(images, plan.seeds, layout.masks)
-            ]
+            candidates = make_candidates(images, plan.seeds, layout.masks)
             ranked = self.ranker.rank(candidates, reference.aligned_face, reference.aligned_mask, options.top_k)
         with stage("upscale"):
             portraits = [self._upscaled(portrait, options.upscale) for portrait in ranked]

@@ -1,0 +1,35 @@
+"""Stage 4 deployment: fuse the reference face into every candidate, score, keep the top K."""
+
+from __future__ import annotations
+
+import asyncio
+
+from deployments.metrics import StageMetrics
+from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
+from serve_app.pipeline.fusion import Candidate, FusionRanker as Ranker, RankedPortrait
+from serve_app.pipeline.models import load_models
+from serve_app.pipeline.preprocess import Reference
+from serve_app.schemas import PortraitAppArgs
+
+STAGE = "fusion"
+
+
+class FusionRanker:
+    def __init__(self, args: PortraitAppArgs) -> None:
+        self.ranker = Ranker(load_models(args.profile).faces)
+        self.metrics = StageMetrics(STAGE)
+
+    async def __call__(
+        self, candidates: Staged[list[Candidate]], reference: Staged[Reference], job: PortraitJob
+    ) -> Staged[list[RankedPortrait]]:
+        timings = merged_timings(reference, candidates)
+        with stopwatch(timings, STAGE):
+            ranked = await asyncio.to_thread(
+                self.ranker.rank,
+                candidates.value,
+                reference.value.aligned_face,
+                reference.value.aligned_mask,
+                job.options.top_k,
+            )
+        self.metrics.latency(timings[STAGE])
+        return Staged(ranked, timings)

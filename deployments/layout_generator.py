@@ -1,0 +1,66 @@
+"""Stage 2 deployment: layout latents and face masks, batched across requests of the same style."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from deployments.metrics import StageMetrics
+from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
+from deployments.style_cache import StyleCache
+from serve_app.pipeline.layout import Layout, generate_layouts
+from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.models import load_models
+from serve_app.pipeline.portrait import make_plan, style_prior
+from serve_app.pipeline.preprocess import Reference
+from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
+from serve_app.schemas import PortraitAppArgs
+from serve_app.styles import StyleCatalog
+
+STAGE = "layout"
+
+
+class PlannedLayout:
+    """A request's sampling plan with its layout: what the blend sampler continues from."""
+
+    def __init__(self, plan: SamplingPlan, layout: Layout, lora_cache: str) -> None:
+        self.plan, self.layout, self.lora_cache = plan, layout, lora_cache
+
+
+class LayoutGenerator:
+    def __init__(self, args: PortraitAppArgs) -> None:
+        models = load_models(args.profile)
+        self.pipe, self.faces = models.diffusion, models.faces
+        self.metrics = StageMetrics(STAGE)
+        self.styles = StyleCache(StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics)
+        self.generate_batch.set_max_batch_size(args.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+
+    async def __call__(self, reference: Staged[Reference], job: PortraitJob) -> Staged[PlannedLayout]:
+        return await self.generate_batch((reference, job))
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, requests: list[tuple[Staged[Reference], PortraitJob]]) -> list[Staged[PlannedLayout]]:
+        self.metrics.batch(len(requests))
+        timings: dict[str, float] = {}
+        with stopwatch(timings, STAGE):
+            async with self.styles.activated() as (style, hit):
+                plans = [make_plan(style, job.options, reference.value, job.seed) for reference, job in requests]
+                layouts: list[Layout | None] = [None] * len(plans)
+                for group in schedule_groups(plans):
+                    found = await asyncio.to_thread(
+                        generate_layouts,
+                        self.pipe,
+                        self.faces,
+                        [plans[i] for i in group],
+                        [style_prior(style, plans[i].size) for i in group],
+                    )
+                    for index, layout in zip(group, found):
+                        layouts[index] = layout
+        self.metrics.latency(timings[STAGE])
+        cache = "hit" if hit else "miss"
+        return [
+            Staged(PlannedLayout(plan, layout, cache), {**merged_timings(reference), **timings})
+            for plan, layout, (reference, _) in zip(plans, layouts, requests)
+        ]

@@ -1,0 +1,46 @@
+"""Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, requests in
+flight at the ingress, and LoRA cache hits and misses."""
+
+from __future__ import annotations
+
+from ray.serve import metrics
+
+LATENCY_BOUNDARIES_MS = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32]
+
+
+class StageMetrics:
+    """Created inside a replica (metrics are per process)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._latency = metrics.Histogram(
+            "portrait_stage_latency_ms",
+            description="Time a stage spends on a request (a batch's time for each of its requests).",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("stage",),
+        )
+        self._batch = metrics.Histogram(
+            "portrait_batch_size",
+            description="Requests handled together in one batch.",
+            boundaries=BATCH_BOUNDARIES,
+            tag_keys=("stage",),
+        )
+        self._lora = metrics.Counter(
+            "portrait_lora_cache",
+            description="Style LoRA lookups in a replica's cache, by result (hit or miss).",
+            tag_keys=("stage", "result"),
+        )
+
+    def latency(self, milliseconds: float) -> None:
+        self._latency.observe(milliseconds, tags={"stage": self.stage})
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size, tags={"stage": self.stage})
+
+    def lora_lookup(self, hit: bool) -> None:
+        self._lora.inc(tags={"stage": self.stage, "result": "hit" if hit else "miss"})
+
+
+def in_flight_gauge() -> metrics.Gauge:
+    return metrics.Gauge("portrait_requests_in_flight", description="Requests admitted by the ingress and not done.")

@@ -1,0 +1,29 @@
+"""Stage 1 deployment: decode, validate and analyse the reference face."""
+
+from __future__ import annotations
+
+import asyncio
+
+from deployments.metrics import StageMetrics
+from deployments.staged import Staged, stopwatch
+from serve_app.pipeline.images import ImageLimits
+from serve_app.pipeline.models import load_models
+from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.schemas import PortraitAppArgs
+
+STAGE = "preprocess"
+
+
+class Preprocessor:
+    def __init__(self, args: PortraitAppArgs) -> None:
+        self.models = load_models(args.profile)
+        self.models.faces, self.models.identity_encoder, self.models.face_restorer  # build now, not on request 1
+        self.limits = ImageLimits(max_bytes=args.max_image_bytes)
+        self.metrics = StageMetrics(STAGE)
+
+    async def __call__(self, image: bytes) -> Staged[Reference]:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, STAGE):
+            reference = await asyncio.to_thread(preprocess, self.models, image, self.limits)
+        self.metrics.latency(timings[STAGE])
+        return Staged(reference, timings)

@@ -1,0 +1,334 @@
+"""The HTTP ingress: FastAPI routes over the five stage deployments.
+
+``POST /v1/portraits`` chains the stages with ``DeploymentHandle``s, handing each stage's ``DeploymentResponse``
+straight to the next, so images travel replica to replica; the ingress awaits each result only to report
+progress. Bad input is refused here or in the preprocessor with a JSON error; the ingress also does admission
+control (Serve's own queue limits are skipped by chained calls) and the request timeout.
+"""
+
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
+
+from deployments.metrics import in_flight_gauge
+from deployments.staged import PortraitJob
+from serve_app.pipeline.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidParameterError,
+    OverloadedError,
+    PortraitError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
+from serve_app.schemas import (
+    ErrorResponse,
+    GeneratedPortrait,
+    PortraitAppArgs,
+    PortraitJSONRequest,
+    PortraitOptions,
+    PortraitResponse,
+    StyleInfo,
+)
+from serve_app.styles import StyleCatalog
+
+logger = logging.getLogger("ray.serve")
+
+# Uploads stay in memory (never spooled to a temporary file on disk): user images are not written anywhere.
+MultiPartParser.spool_max_size = 128 * 1024 * 1024
+BASE64_OVERHEAD = 4 / 3
+ENVELOPE_BYTES = 64 * 1024
+RETRY_AFTER_S = "2"
+
+Emit = Callable[[str, dict], Awaitable[None]]
+
+ERRORS = {
+    status: {"model": ErrorResponse}
+    for status in (400, 404, 408, 413, 415, 422, 503)
+}
+
+app = FastAPI(
+    title="Portrait Studio",
+    version="0.1.0",
+    description="Studio portraits in a chosen style that keep the identity of an avatar's face render.",
+)
+
+
+class InternalError(PortraitError):
+    """A fault of the service, reported in-band on an event stream (elsewhere FastAPI answers 500)."""
+
+    code = "internal_error"
+    http_status = 500
+
+
+def error_response(error: PortraitError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
+
+
+def client_error(exception: BaseException) -> PortraitError | None:
+    """The client-caused error behind an exception, also when a stage raised it (Ray wraps those)."""
+    if isinstance(exception, RayTaskError):
+        exception = exception.cause
+    if isinstance(exception, PortraitError):
+        return exception
+    if isinstance(exception, BackPressureError):
+        return OverloadedError("the service is at capacity; retry shortly")
+    return None
+
+
+@app.exception_handler(PortraitError)
+async def _portrait_error(request: Request, error: PortraitError) -> JSONResponse:
+    return error_response(error, {"Retry-After": RETRY_AFTER_S} if isinstance(error, OverloadedError) else None)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return error_response(InvalidParameterError(_validation_message(error.errors())))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    body = {"error": {"code": "http_" + str(error.status_code), "message": str(error.detail)}}
+    return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+def _validation_message(errors: list) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors)
+
+
+async def read_portrait_request(request: Request, max_image_bytes: int) -> tuple[bytes, PortraitOptions]:
+    """The image and the options of a multipart or JSON portrait request, size-checked before reading."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_image_bytes * BASE64_OVERHEAD + ENVELOPE_BYTES:
+        raise ImageTooLargeError(f"request body is {declared} bytes; images are limited to {max_image_bytes} bytes")
+    if media_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=16)
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise InvalidParameterError("multipart requests need the image as a file field named 'image'")
+        image = await upload.read()
+        fields = {key: value for key, value in form.multi_items() if key != "image"}
+    elif media_type == "application/json":
+        try:
+            fields = json.loads(await request.body())
+            body = PortraitJSONRequest.model_validate(fields)
+        except json.JSONDecodeError as error:
+            raise InvalidParameterError(f"the body is not valid JSON: {error}") from None
+        except ValidationError as error:
+            raise InvalidParameterError(_validation_message(error.errors())) from None
+        try:
+            image = base64.b64decode(body.image_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImageError("image_base64 is not valid base64") from None
+        fields = body.model_dump(exclude={"image_base64"})
+    else:
+        raise UnsupportedMediaTypeError("send multipart/form-data (field 'image') or application/json (image_base64)")
+    if len(image) > max_image_bytes:
+        raise ImageTooLargeError(f"image is {len(image)} bytes; the limit is {max_image_bytes} bytes")
+    try:
+        return image, PortraitOptions.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidParameterError(_validation_message(error.errors())) from None
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+PORTRAIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "style"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **PortraitOptions.model_json_schema()["properties"],
+                    },
+                }
+            },
+            "application/json": {"schema": PortraitJSONRequest.model_json_schema()},
+        },
+    },
+    "responses": {"200": {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+}
+
+
+@serve.ingress(app)
+class PortraitIngress:
+    def __init__(
+        self,
+        preprocessor: DeploymentHandle,
+        layout_generator: DeploymentHandle,
+        blend_sampler: DeploymentHandle,
+        fusion_ranker: DeploymentHandle,
+        upscaler: DeploymentHandle,
+        args: PortraitAppArgs,
+    ) -> None:
+        self.preprocessor, self.layout_generator = preprocessor, layout_generator
+        self.blend_sampler, self.fusion_ranker, self.upscaler = blend_sampler, fusion_ranker, upscaler
+        self.args = args
+        self.catalog = StyleCatalog(args.styles_dir)
+        self.in_flight = 0
+        self.in_flight_gauge = in_flight_gauge()
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/styles", response_model=list[StyleInfo])
+    async def list_styles(self) -> list[StyleInfo]:
+        return [
+            StyleInfo(
+                id=s.manifest.id,
+                version=s.manifest.version,
+                versioned_id=s.versioned_id,
+                title=s.manifest.title,
+                description=s.manifest.description,
+                tags=s.manifest.tags,
+                defaults=s.manifest.defaults.model_dump(),
+            )
+            for s in self.catalog.list()
+        ]
+
+    @app.post(
+        "/v1/portraits",
+        response_model=PortraitResponse,
+        responses=ERRORS,
+        openapi_extra=PORTRAIT_BODY,
+        summary="Generate K portraits of the face in an image, in a style",
+    )
+    async def create_portrait(self, request: Request):
+        image, options = await read_portrait_request(request, self.args.max_image_bytes)
+        style = self.catalog.get(options.style)
+        seed = secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
+        job = PortraitJob(request_id=uuid.uuid4().hex, style=style.versioned_id, options=options, seed=seed)
+        logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", job.request_id, job.style, len(image),
+                    options.num_candidates, options.top_k)
+        headers = {"X-Request-ID": job.request_id}
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(self._event_stream(job, image), media_type="text/event-stream", headers=headers)
+        async with self._admitted():
+            result = await self._run_with_timeout(job, image, emit=None)
+        return JSONResponse(result.model_dump(), headers=headers)
+
+    @asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        if self.in_flight >= self.args.max_in_flight:
+            raise OverloadedError(f"{self.in_flight} requests are in progress; retry shortly")
+        self.in_flight += 1
+        self.in_flight_gauge.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.in_flight_gauge.set(self.in_flight)
+
+    async def _event_stream(self, job: PortraitJob, image: bytes) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def emit(event: str, data: dict) -> None:
+            await queue.put(sse(event, data))
+
+        async def produce() -> None:
+            try:
+                async with self._admitted():
+                    result = await self._run_with_timeout(job, image, emit)
+                await emit("result", result.model_dump())
+            except Exception as exception:  # headers are sent: errors go in-band
+                error = client_error(exception)
+                if error is None:
+                    logger.exception("portrait %s failed", job.request_id)
+                    error = InternalError("internal error; the request id is in the X-Request-ID header")
+                await emit("error", error.to_dict())
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+        finally:
+            producer.cancel()
+
+    async def _run_with_timeout(self, job: PortraitJob, image: bytes, emit: Emit | None) -> PortraitResponse:
+        responses: list[DeploymentResponse] = []
+        try:
+            return await asyncio.wait_for(self._run(job, image, emit, responses), self.args.request_timeout_s)
+        except BaseException as exception:
+            for response in responses:
+                response.cancel()
+            if isinstance(exception, TimeoutError):
+                raise RequestTimeoutError(f"the request took over {self.args.request_timeout_s:g} s") from None
+            error = client_error(exception)
+            if error is None:
+                raise
+            raise error from None
+
+    async def _run(
+        self, job: PortraitJob, image: bytes, emit: Emit | None, responses: list[DeploymentResponse]
+    ) -> PortraitResponse:
+        async def event(name: str, **data) -> None:
+            if emit is not None:
+                await emit(name, data)
+
+        diffusion = {"multiplexed_model_id": job.style}
+        await event("stage_started", stage="preprocess")
+        reference = self.preprocessor.remote(image)
+        layout = self.layout_generator.options(**diffusion).remote(reference, job)
+        steps = self.blend_sampler.options(stream=True, **diffusion).remote(layout)
+        responses += [reference, layout, steps]
+        await reference
+        await event("stage_finished", stage="preprocess")
+        await event("stage_started", stage="layout")
+        layout_cache = (await layout).value.lora_cache
+        await event("stage_finished", stage="layout")
+        await event("stage_started", stage="blend")
+        async for item in steps:
+            if isinstance(item, dict):
+                await event(item.pop("event"), **item)
+            else:
+                blended = item
+        await event("stage_finished", stage="blend")
+        await event("stage_started", stage="fusion")
+        ranked = self.fusion_ranker.remote(blended.candidates, reference, job)
+        upscaled = self.upscaler.remote(ranked, job)
+        responses += [ranked, upscaled]
+        await ranked
+        await event("stage_finished", stage="fusion")
+        await event("stage_started", stage="upscale")
+        result = await upscaled
+        await event("stage_finished", stage="upscale")
+        return PortraitResponse(
+            request_id=job.request_id,
+            style=job.style,
+            seed=job.seed,
+            images=[
+                GeneratedPortrait(image_base64=base64.b64encode(p.png).decode("ascii"), **p.info.model_dump())
+                for p in result.value
+            ],
+            timings=result.timings,
+            lora_cache={"layout": layout_cache, "blend": blended.lora_cache},
+        )
