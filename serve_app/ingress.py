@@ -224,15 +224,16 @@ class PortraitIngress:
         image, options = await read_portrait_request(request, self.args.max_image_bytes)
         style = self.catalog.get(options.style)
         seed = secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
-        job = PortraitJob(request_id=uuid.uuid4().hex, style=style.versioned_id, options=options, seed=seed)
+        # Serve's proxy assigns (or keeps the client's) x-request-id and echoes it as the X-Request-ID header.
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        job = PortraitJob(request_id=request_id, style=style.versioned_id, options=options, seed=seed)
         logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", job.request_id, job.style, len(image),
                     options.num_candidates, options.top_k)
-        headers = {"X-Request-ID": job.request_id}
         if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(self._event_stream(job, image), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(self._event_stream(job, image), media_type="text/event-stream")
         async with self._admitted():
             result = await self._run_with_timeout(job, image, emit=None)
-        return JSONResponse(result.model_dump(), headers=headers)
+        return JSONResponse(result.model_dump())
 
     @asynccontextmanager
     async def _admitted(self) -> AsyncIterator[None]:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import socket
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -44,3 +48,74 @@ def astronaut_png(astronaut: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def styles_dir() -> Path:
     return REPO / "styles"
+
+
+@pytest.fixture(scope="session")
+def sample_face() -> bytes:
+    from serve_app.__main__ import sample_face
+
+    return sample_face()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_args(styles_dir: Path) -> dict:
+    return {
+        "profile": "tiny",
+        "styles_dir": str(styles_dir),
+        "max_image_bytes": 2 * 1024 * 1024,
+        "max_in_flight": 8,
+        "max_batch_size": 8,
+        "request_timeout_s": 240,
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One local Ray for the session, isolated in a temp folder, metrics on a loopback port; always shut down."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    metrics_port = free_port()
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=512 * 1024 * 1024,
+        _temp_dir=temp_dir,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+        namespace="portrait-tests",
+        log_to_driver=False,
+    )
+    try:
+        yield f"http://127.0.0.1:{metrics_port}/metrics"
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def metrics_url(ray_cluster: str) -> str:
+    return ray_cluster
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster: str, app_args: dict):
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(app_args), name="portraits", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()

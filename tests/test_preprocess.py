@@ -93,3 +93,11 @@ def test_skin_smoothing_touches_skin_only(models, astronaut):
     background = np.zeros(astronaut.shape[:2], bool)
     background[:, :60] = True
     assert np.array_equal(smoothed[background], astronaut[background])
+
+
+def test_face_analysis_is_safe_from_many_threads(models, astronaut):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        found = list(pool.map(lambda _: models.faces.detect(astronaut), range(24)))
+    assert all(len(faces) == 1 and faces[0].box == found[0][0].box for faces in found)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,10 @@ def align_face(image: np.ndarray, face: DetectedFace, size: int) -> tuple[np.nda
 
 class FaceAnalyzer:
     """Finds faces and describes them. Detection tries, in order: dlib HOG (upsampling small images), HOG on
-    a padded copy (tight crops whose face touches the border), then OpenCV's Haar cascade."""
+    a padded copy (tight crops whose face touches the border), then OpenCV's Haar cascade.
+
+    Thread-safe: dlib's detector is not (concurrent calls crash the process), so calls take turns.
+    """
 
     def __init__(self) -> None:
         self._hog = dlib.get_frontal_face_detector()
@@ -95,17 +99,20 @@ class FaceAnalyzer:
             str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
         )
         self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in an RGB image, largest first."""
-        boxes = self._hog_boxes(image) or self._padded_hog_boxes(image) or self._haar_boxes(image)
-        faces = [self._landmarks(image, box) for box in boxes]
+        with self._lock:
+            boxes = self._hog_boxes(image) or self._padded_hog_boxes(image) or self._haar_boxes(image)
+            faces = [self._landmarks(image, box) for box in boxes]
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """dlib's 128-d ResNet descriptor (Euclidean distance < 0.6 ≈ same person)."""
-        chip = dlib.get_face_chip(image, self._full_object_detection(face), size=150, padding=0.25)
-        return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
+        with self._lock:
+            chip = dlib.get_face_chip(image, self._full_object_detection(face), size=150, padding=0.25)
+            return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
 
     def _hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
         upsample = min(2, max(0, math.ceil(math.log2(MIN_DETECTION_SIDE / min(image.shape[:2])))))
