@@ -6,7 +6,6 @@ store (``ray.put``), so the images go from this replica to the fusion ranker wit
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from ray import serve
 
 from deployments.layout_generator import PlannedLayout
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from deployments.staged import Staged, stopwatch
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.blend import BlendRun
@@ -36,9 +36,12 @@ class BlendResult:
 
 class BlendSampler:
     def __init__(self, args: PortraitAppArgs) -> None:
+        self.compute = ComputeThread(args)
         self.pipe = load_models(args.profile).diffusion
         self.metrics = StageMetrics(STAGE)
-        self.styles = StyleCache(StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics)
+        self.styles = StyleCache(
+            StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
+        )
         self.sample_batch.set_max_batch_size(args.max_batch_size)
         self.sample_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
@@ -59,14 +62,14 @@ class BlendSampler:
             async with self.styles.activated() as (_, hit):
                 for group in schedule_groups(plans):
                     layouts = [requests[i].value.layout for i in group]
-                    run = await asyncio.to_thread(
+                    run = await self.compute.run(
                         BlendRun, self.pipe, [plans[i] for i in group], [l.latents for l in layouts], [l.masks for l in layouts]
                     )
                     while run.done < run.total:
-                        done = await asyncio.to_thread(run.step)
+                        done = await self.compute.run(run.step)
                         event = {"event": "step", "stage": STAGE, "step": done, "total": run.total}
                         yield [event if i in group else None for i in range(len(requests))]
-                    for index, layout, images in zip(group, layouts, await asyncio.to_thread(run.images)):
+                    for index, layout, images in zip(group, layouts, await self.compute.run(run.images)):
                         candidates[index] = make_candidates(images, plans[index].seeds, layout.masks)
         self.metrics.latency(timings[STAGE])
         cache = "hit" if hit else "miss"

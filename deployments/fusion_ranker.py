@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
 from serve_app.pipeline.fusion import Candidate, FusionRanker as Ranker, RankedPortrait
 from serve_app.pipeline.models import load_models
@@ -16,6 +16,7 @@ STAGE = "fusion"
 
 class FusionRanker:
     def __init__(self, args: PortraitAppArgs) -> None:
+        self.compute = ComputeThread(args)
         self.ranker = Ranker(load_models(args.profile).faces)
         self.metrics = StageMetrics(STAGE)
 
@@ -24,12 +25,6 @@ class FusionRanker:
     ) -> Staged[list[RankedPortrait]]:
         timings = merged_timings(reference, candidates)
         with stopwatch(timings, STAGE):
-            ranked = await asyncio.to_thread(
-                self.ranker.rank,
-                candidates.value,
-                reference.value.aligned_face,
-                reference.value.aligned_mask,
-                job.options.top_k,
-            )
+            ranked = await self.compute.run(self.ranker.rank, candidates.value, reference.value, job.options.top_k)
         self.metrics.latency(timings[STAGE])
         return Staged(ranked, timings)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from ray import serve
 
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts
@@ -30,10 +30,13 @@ class PlannedLayout:
 
 class LayoutGenerator:
     def __init__(self, args: PortraitAppArgs) -> None:
+        self.compute = ComputeThread(args)
         models = load_models(args.profile)
         self.pipe, self.faces = models.diffusion, models.faces
         self.metrics = StageMetrics(STAGE)
-        self.styles = StyleCache(StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics)
+        self.styles = StyleCache(
+            StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
+        )
         self.generate_batch.set_max_batch_size(args.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
@@ -49,7 +52,7 @@ class LayoutGenerator:
                 plans = [make_plan(style, job.options, reference.value, job.seed) for reference, job in requests]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):
-                    found = await asyncio.to_thread(
+                    found = await self.compute.run(
                         generate_layouts,
                         self.pipe,
                         self.faces,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from deployments.staged import Staged, stopwatch
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models
@@ -16,6 +16,7 @@ STAGE = "preprocess"
 
 class Preprocessor:
     def __init__(self, args: PortraitAppArgs) -> None:
+        self.compute = ComputeThread(args)
         self.models = load_models(args.profile)
         self.models.faces, self.models.identity_encoder, self.models.face_restorer  # build now, not on request 1
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
@@ -24,6 +25,6 @@ class Preprocessor:
     async def __call__(self, image: bytes) -> Staged[Reference]:
         timings: dict[str, float] = {}
         with stopwatch(timings, STAGE):
-            reference = await asyncio.to_thread(preprocess, self.models, image, self.limits)
+            reference = await self.compute.run(preprocess, self.models, image, self.limits)
         self.metrics.latency(timings[STAGE])
         return Staged(reference, timings)

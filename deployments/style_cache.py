@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from ray import serve
 
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from serve_app.pipeline.lora import StyleAdapters
 from serve_app.styles import Style, StyleCatalog
 
@@ -34,7 +35,9 @@ class LoadedStyle:
 
 
 class StyleCache:
-    def __init__(self, adapters: StyleAdapters, catalog: StyleCatalog, size: int, metrics: StageMetrics) -> None:
+    def __init__(
+        self, adapters: StyleAdapters, catalog: StyleCatalog, size: int, metrics: StageMetrics, compute: ComputeThread
+    ) -> None:
         self.adapters = adapters
         self.catalog = catalog
         self.metrics = metrics
@@ -42,7 +45,7 @@ class StyleCache:
 
         async def load(versioned_id: str) -> LoadedStyle:
             style = self.catalog.get(versioned_id)
-            await asyncio.to_thread(self.adapters.load, style.versioned_id, style.lora_path)
+            await compute.run(self.adapters.load, style.versioned_id, style.lora_path)
             return LoadedStyle(self.adapters, style)
 
         # serve.multiplexed wraps a plain function, not a bound method; sized from config at run time.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from deployments.metrics import StageMetrics
+from deployments.replica import ComputeThread
 from deployments.staged import PortraitJob, Staged, stopwatch
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png
@@ -24,6 +24,7 @@ class EncodedPortrait:
 
 class Upscaler:
     def __init__(self, args: PortraitAppArgs) -> None:
+        self.compute = ComputeThread(args)
         self.models = load_models(args.profile)
         self.models.upscalers, self.models.face_restorer  # build now, not on request 1
         self.metrics = StageMetrics(STAGE)
@@ -42,6 +43,6 @@ class Upscaler:
     async def __call__(self, ranked: Staged[list[RankedPortrait]], job: PortraitJob) -> Staged[list[EncodedPortrait]]:
         timings = dict(ranked.timings)
         with stopwatch(timings, STAGE):
-            encoded = await asyncio.to_thread(self._encode, ranked.value, job.options.upscale)
+            encoded = await self.compute.run(self._encode, ranked.value, job.options.upscale)
         self.metrics.latency(timings[STAGE])
         return Staged(encoded, timings)

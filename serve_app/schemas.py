@@ -76,6 +76,10 @@ class PortraitAppArgs(BaseModel):
     request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
     max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
     max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads for torch per replica; default all cores (Ray would cap a "
+        "replica at its num_cpus, a single thread for fractional CPUs)"
+    )
 
     @field_validator("styles_dir", "weights_dir")
     @classmethod

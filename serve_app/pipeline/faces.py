@@ -21,6 +21,8 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 MIN_DETECTION_SIDE = 320
+HOG_WINDOW = 80  # dlib's HOG detector finds faces of about 80 px and up
+GENERATED_FACE_FRACTION = 1 / 3  # a generated portrait's face spans at least a third of the image side
 TIGHT_CROP_PADDING = 0.5
 
 
@@ -101,12 +103,35 @@ class FaceAnalyzer:
         self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         self._lock = threading.Lock()
 
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        """All faces in an RGB image, largest first."""
+    def detect(
+        self,
+        image: np.ndarray,
+        fallbacks: bool = True,
+        region: tuple[float, float, float, float] | None = None,
+        min_face: float | None = None,
+    ) -> list[DetectedFace]:
+        """All faces in an RGB image, largest first. ``fallbacks=False`` runs HOG alone; ``region``
+        (x0, y0, x1, y1) limits the search to that area; ``min_face`` (px) is the smallest face to look for,
+        by default what a 320-px view of the image shows."""
+        x0, y0 = (0, 0) if region is None else (max(0, int(region[0])), max(0, int(region[1])))
+        x1, y1 = (image.shape[1], image.shape[0]) if region is None else (int(region[2]), int(region[3]))
+        area = image[y0:y1, x0:x1]
+        if area.shape[0] < 16 or area.shape[1] < 16:
+            return []
+        upsample = self._upsampling(min_face or HOG_WINDOW * min(area.shape[:2]) / MIN_DETECTION_SIDE)
         with self._lock:
-            boxes = self._hog_boxes(image) or self._padded_hog_boxes(image) or self._haar_boxes(image)
-            faces = [self._landmarks(image, box) for box in boxes]
+            boxes = self._hog_boxes(area, upsample)
+            if fallbacks and not boxes:
+                boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
+            shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
+            faces = [self._landmarks(image, box) for box in shifted]
         return sorted(faces, key=lambda face: face.area, reverse=True)
+
+    def detect_generated(
+        self, image: np.ndarray, region: tuple[float, float, float, float] | None = None
+    ) -> list[DetectedFace]:
+        """Faces in a generated portrait: HOG alone (no tight crops there), faces a third of the side or more."""
+        return self.detect(image, fallbacks=False, region=region, min_face=GENERATED_FACE_FRACTION * image.shape[0])
 
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """dlib's 128-d ResNet descriptor (Euclidean distance < 0.6 ≈ same person)."""
@@ -114,14 +139,19 @@ class FaceAnalyzer:
             chip = dlib.get_face_chip(image, self._full_object_detection(face), size=150, padding=0.25)
             return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
 
-    def _hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
-        upsample = min(2, max(0, math.ceil(math.log2(MIN_DETECTION_SIDE / min(image.shape[:2])))))
+    @staticmethod
+    def _upsampling(min_face: float) -> int:
+        """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
+        return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
+
+    def _hog_boxes(self, image: np.ndarray, upsample: int) -> list[tuple[float, float, float, float]]:
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._hog(image, upsample)]
 
     def _padded_hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
         pad = int(max(image.shape[:2]) * TIGHT_CROP_PADDING)
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-        return [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in self._hog_boxes(padded)]
+        upsample = self._upsampling(HOG_WINDOW * min(padded.shape[:2]) / MIN_DETECTION_SIDE)
+        return [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in self._hog_boxes(padded, upsample)]
 
     def _haar_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
         grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))

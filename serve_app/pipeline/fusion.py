@@ -13,6 +13,7 @@ import torch
 
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer
 from serve_app.pipeline.masks import mask_box, to_image_resolution
+from serve_app.pipeline.preprocess import Reference
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
@@ -98,63 +99,78 @@ def fuse_face(
     return cv2.seamlessClone(warped, target, mask * 255, centre, cv2.NORMAL_CLONE)
 
 
+@dataclass(frozen=True)
+class Fused:
+    """A candidate after fusion: the image, how the face was placed, the region to look for it, or why broken."""
+
+    image: np.ndarray
+    placement: str | None
+    region: tuple[float, float, float, float] | None
+    broken: str | None
+
+
+def face_region(points: np.ndarray, image_side: int, reach: float = 1.6) -> tuple[float, float, float, float]:
+    """Where a face with these five points lies: a square of ``reach`` × their span around their centre."""
+    centre = (points.min(0) + points.max(0)) / 2
+    half = reach * float((points.max(0) - points.min(0)).max())
+    x0, y0 = np.clip(centre - half, 0, image_side)
+    x1, y1 = np.clip(centre + half, 0, image_side)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
 class FusionRanker:
     def __init__(self, faces: FaceAnalyzer) -> None:
         self.faces = faces
 
-    def reference_descriptor(self, aligned_face: np.ndarray) -> np.ndarray:
-        found = self.faces.detect(aligned_face)
-        if not found:
-            raise ValueError("the independent recognizer finds no face in the aligned reference")
-        return self.faces.describe(aligned_face, found[0])
-
-    def score(self, image: np.ndarray, reference: np.ndarray) -> tuple[float, DetectedFace | None, str | None]:
-        """Identity score of the face in ``image`` against a reference descriptor, the face, or why none."""
-        face, broken = usable_face(self.faces.detect(image))
+    def score(
+        self, image: np.ndarray, descriptor: np.ndarray, region: tuple[float, float, float, float] | None = None
+    ) -> tuple[float, DetectedFace | None, str | None]:
+        """Identity score of the face in ``image`` (within ``region`` if given) against a reference descriptor,
+        with the face, or the reason there is none."""
+        face, broken = usable_face(self.faces.detect_generated(image, region))
         if broken is not None:
             return 0.0, None, broken
         if face is None:
             return 0.0, None, "no_face"
-        distance = float(np.linalg.norm(self.faces.describe(image, face) - reference))
+        distance = float(np.linalg.norm(self.faces.describe(image, face) - descriptor))
         return identity_score(distance), face, None
 
-    def fuse(self, candidate: Candidate, aligned_face: np.ndarray, aligned_mask: np.ndarray) -> tuple[np.ndarray, str | None, str | None]:
-        """The candidate with the reference fused in, how the face was placed, and why it is broken (or None)."""
-        face, broken = usable_face(self.faces.detect(candidate.image))
+    def fuse(self, candidate: Candidate, reference: Reference) -> Fused:
+        """Fuse the reference face onto the candidate's face, or where the layout mask puts it if it has none."""
+        face, broken = usable_face(self.faces.detect_generated(candidate.image))
         if broken is not None:
-            return candidate.image, None, broken
+            return Fused(candidate.image, None, None, broken)
         side = candidate.image.shape[0]
         if face is not None:
             target_points, placement = face.five_points, PLACED_ON_FACE
         else:
             box = mask_box(to_image_resolution(candidate.mask, side))
             if box is None:
-                return candidate.image, None, "no_face"
+                return Fused(candidate.image, None, None, "no_face")
             target_points, placement = points_in_box(box), PLACED_BY_LAYOUT
-        source_points = ARCFACE_TEMPLATE * (aligned_face.shape[0] / 112.0)
-        fused = fuse_face(candidate.image, target_points, aligned_face, source_points, aligned_mask)
-        return fused, placement, None
+        aligned = reference.aligned_face
+        source_points = ARCFACE_TEMPLATE * (aligned.shape[0] / 112.0)
+        image = fuse_face(candidate.image, target_points, aligned, source_points, reference.aligned_mask)
+        return Fused(image, placement, face_region(target_points, side), None)
 
-    def rank(
-        self,
-        candidates: list[Candidate],
-        aligned_face: np.ndarray,
-        aligned_mask: np.ndarray,
-        top_k: int,
-    ) -> list[RankedPortrait]:
-        reference = self.reference_descriptor(aligned_face)
+    def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
+        """Fuse, score and sort every candidate; the best ``top_k``, accepted ones first."""
         portraits = []
         for candidate in candidates:
-            fused, placement, broken = self.fuse(candidate, aligned_face, aligned_mask)
-            score, face, unscored = self.score(fused, reference) if broken is None else (0.0, None, broken)
+            fused = self.fuse(candidate, reference)
+            score, face, rejected = (
+                self.score(fused.image, reference.recognition_descriptor, fused.region)
+                if fused.broken is None
+                else (0.0, None, fused.broken)
+            )
             portraits.append(
                 RankedPortrait(
-                    image=fused,
+                    image=fused.image,
                     seed=candidate.seed,
                     identity_score=score,
                     face_box=face.box if face else None,
-                    placement=placement,
-                    rejected=unscored,
+                    placement=fused.placement,
+                    rejected=rejected,
                 )
             )
         return sorted(portraits, key=lambda p: (p.accepted, p.identity_score), reverse=True)[:top_k]

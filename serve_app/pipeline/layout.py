@@ -56,7 +56,7 @@ def face_region_mask(
     faces: FaceAnalyzer, preview: np.ndarray, prior: Ellipse, latent_side: int
 ) -> tuple[np.ndarray, str]:
     """The soft face mask [h, w] of one decoded x̂0 and where it came from: its largest face, else the prior."""
-    found = faces.detect(preview)
+    found = faces.detect_generated(preview)
     ellipse, source = (face_ellipse(found[0]), MASK_FROM_FACE) if found else (prior, MASK_FROM_PRIOR)
     return to_latent_resolution(soft_ellipse_mask(preview.shape[0], ellipse), latent_side), source
 

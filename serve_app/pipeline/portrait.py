@@ -101,7 +101,7 @@ class PortraitPipeline:
                 images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks, steps("blend"))
         with stage("fusion"):
             candidates = make_candidates(images, plan.seeds, layout.masks)
-            ranked = self.ranker.rank(candidates, reference.aligned_face, reference.aligned_mask, options.top_k)
+            ranked = self.ranker.rank(candidates, reference, options.top_k)
         with stage("upscale"):
             portraits = [self._upscaled(portrait, options.upscale) for portrait in ranked]
         return PortraitRun(style, seed, plan, reference, layout, portraits, timings)

@@ -26,12 +26,14 @@ ENHANCEMENT_STRENGTH = 0.5
 class Reference:
     """What later stages need of the reference face (the full image stays in the preprocessor).
     ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face region mask ``aligned_mask``;
-    ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding."""
+    ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding that conditions the sampler;
+    ``recognition_descriptor`` is the independent recognizer's (dlib ResNet, 128-d) that ranks the results."""
 
     face: DetectedFace
     aligned_face: np.ndarray
     aligned_mask: np.ndarray
     identity_embedding: np.ndarray
+    recognition_descriptor: np.ndarray
 
 
 def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits()) -> Reference:
@@ -51,6 +53,7 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
         aligned_face=aligned,
         aligned_mask=aligned_mask,
         identity_embedding=identity_embedding(models, enhanced, face),
+        recognition_descriptor=models.faces.describe(enhanced, face),
     )
 
 

@@ -1,0 +1,139 @@
+"""The Serve graph against the in-process pipeline, on the tiny profile, in one run:
+
+- overhead: median latency of sequential HTTP requests through the whole graph / the in-process pipeline on the
+  same inputs, the two interleaved while the service runs (target ≤ 1.25);
+- throughput: requests/s with 8 concurrent clients / with 1 client (cross-request batching; target ≥ 2);
+- style switch: extra latency of alternating two cached styles over repeating one, as a fraction of a request
+  (target ≤ 0.05).
+
+    python bench/serve_graph.py [--requests 6] [--concurrent-requests 24]
+
+Prints JSON on the last line. The service runs as the README starts it: ``serve run configs/serve.local.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = {"num_candidates": 4, "top_k": 2, "seed": 1}
+
+
+def in_process_runner(image: bytes, style: str):
+    """A warmed in-process pipeline; each call runs one request and returns its latency in ms."""
+    from serve_app.pipeline.models import load_models
+    from serve_app.pipeline.portrait import PortraitPipeline
+    from serve_app.schemas import PortraitOptions
+    from serve_app.styles import StyleCatalog
+
+    pipeline = PortraitPipeline(load_models("tiny"))
+    found = StyleCatalog(REPO / "styles").get(style)
+    options = PortraitOptions(style=style, **FIELDS)
+    pipeline.generate(image, found, options)  # warm-up: LoRA load, first-call allocations
+
+    def run() -> float:
+        start = time.perf_counter()
+        pipeline.generate(image, found, options)
+        return (time.perf_counter() - start) * 1000
+
+    return run
+
+
+def post(url: str, image: bytes, style: str) -> float:
+    start = time.perf_counter()
+    response = httpx.post(url, files={"image": ("face.png", image)}, data={"style": style, **FIELDS}, timeout=600)
+    response.raise_for_status()
+    return (time.perf_counter() - start) * 1000
+
+
+@contextmanager
+def served(config: Path, port: int, start_timeout_s: float = 300) -> Iterator[str]:
+    """``serve run CONFIG`` exactly as the README starts the service; yields the portraits URL once every
+    deployment is RUNNING; always shuts Serve and its Ray instance down."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(config)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline:
+            status = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status"], cwd=REPO, env=env,
+                                    capture_output=True, text=True).stdout
+            if re.search(r"^    status: RUNNING", status, re.M):
+                break
+            time.sleep(2)
+        else:
+            raise TimeoutError(f"the app did not reach RUNNING in {start_timeout_s} s")
+        yield f"http://127.0.0.1:{port}/v1/portraits"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # serve run shuts the app and its Ray instance down on Ctrl-C
+        process.wait(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=6, help="sequential requests per latency figure")
+    parser.add_argument("--concurrent-requests", type=int, default=24, help="requests sent by 8 clients")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "serve.local.yaml")
+    args = parser.parse_args()
+
+    from serve_app.__main__ import sample_face
+
+    image = sample_face()
+    in_process = in_process_runner(image, "xmas-sweater")
+
+    port = yaml.safe_load(args.config.read_text())["http_options"]["port"]
+    with served(args.config, port) as url:
+        for style in ("xmas-sweater", "film-noir"):
+            post(url, image, style)  # warm-up, and both styles cached
+        # Interleaved, so both see the same machine (the idle Ray processes cost the in-process runs too).
+        same, local = [], []
+        for _ in range(args.requests):
+            same.append(post(url, image, "xmas-sweater"))
+            local.append(in_process())
+        local_ms = statistics.median(local)
+        switching = [post(url, image, style) for style in ("film-noir", "xmas-sweater") * (args.requests // 2)]
+        http_ms, switch_ms = statistics.median(same), statistics.median(switching)
+
+        start = time.perf_counter()
+        for _ in range(args.concurrent_requests // 4):
+            post(url, image, "xmas-sweater")
+        single_rps = (args.concurrent_requests // 4) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: post(url, image, "xmas-sweater"), range(args.concurrent_requests)))
+        concurrent_rps = args.concurrent_requests / (time.perf_counter() - start)
+
+    print(
+        json.dumps(
+            {
+                "in_process_ms": round(local_ms, 1),
+                "http_ms": round(http_ms, 1),
+                "http_overhead_ratio": round(http_ms / local_ms, 3),
+                "rps_1_client": round(single_rps, 3),
+                "rps_8_clients": round(concurrent_rps, 3),
+                "throughput_ratio": round(concurrent_rps / single_rps, 3),
+                "same_style_ms": round(http_ms, 1),
+                "switching_styles_ms": round(switch_ms, 1),
+                "style_switch_cost": round((switch_ms - http_ms) / http_ms, 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
