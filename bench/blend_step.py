@@ -44,6 +44,19 @@ def naive_step(pipe, scheduler, latents, timestep, conditioning, masks, identity
     return torch.cat(fused)
 
 
+def batched_step_ms(pipe, plan: SamplingPlan, candidates: int, repeats: int = 3) -> float:
+    """One batched blend step for ``candidates`` candidates (how cross-request batching scales)."""
+    plan = SamplingPlan(**{**plan.__dict__, "seeds": tuple(range(candidates))})
+    conditioning = encode_conditioning(pipe, [plan])
+    scheduler = make_scheduler(pipe, plan.steps)
+    timestep = scheduler.timesteps[plan.layout_steps]
+    latents = initial_latents(pipe, plan.seeds, plan.size)
+    masks = torch.ones(candidates, 1, *latents.shape[-2:])
+    step = lambda: blend_step(pipe, scheduler, latents, timestep, conditioning, masks, plan.identity_weight)  # noqa: E731
+    step()
+    return statistics.median(timed_ms(step) for _ in range(repeats))
+
+
 def timed_ms(step) -> float:
     start = time.perf_counter()
     step()
@@ -87,6 +100,7 @@ def main() -> None:
         for _ in range(args.repeats):
             batched_times.append(timed_ms(batched))
             naive_times.append(timed_ms(naive))
+        per_candidate_ms = {n: round(batched_step_ms(pipe, plan, n) / n, 2) for n in (1, 4, 16)}
     batched_ms, naive_ms = statistics.median(batched_times), statistics.median(naive_times)
     print(
         json.dumps(
@@ -98,6 +112,7 @@ def main() -> None:
                 "naive_ms": round(naive_ms, 2),
                 "speedup": round(naive_ms / batched_ms, 3),
                 "max_abs_difference": difference,
+                "batched_ms_per_candidate_by_candidates": per_candidate_ms,
             }
         )
     )

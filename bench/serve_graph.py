@@ -28,19 +28,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"num_candidates": 4, "top_k": 2, "seed": 1}
 
 
-def in_process_runner(image: bytes, style: str):
-    """A warmed in-process pipeline; each call runs one request and returns its latency in ms."""
+def in_process_runner(image: bytes, style: str, torch_threads: int | None):
+    """A warmed in-process pipeline with the replicas' torch thread count; each call runs one request and
+    returns its latency in ms."""
+    import torch
+
     from serve_app.pipeline.models import load_models
     from serve_app.pipeline.portrait import PortraitPipeline
     from serve_app.schemas import PortraitOptions
     from serve_app.styles import StyleCatalog
 
+    torch.set_num_threads(torch_threads or os.cpu_count() or 1)
     pipeline = PortraitPipeline(load_models("tiny"))
     found = StyleCatalog(REPO / "styles").get(style)
     options = PortraitOptions(style=style, **FIELDS)
@@ -94,9 +99,10 @@ def main() -> None:
     from serve_app.__main__ import sample_face
 
     image = sample_face()
-    in_process = in_process_runner(image, "xmas-sweater")
+    config = yaml.safe_load(args.config.read_text())
+    port, app_args = config["http_options"]["port"], config["applications"][0]["args"]
+    in_process = in_process_runner(image, "xmas-sweater", app_args.get("torch_threads"))
 
-    port = yaml.safe_load(args.config.read_text())["http_options"]["port"]
     with served(args.config, port) as url:
         for style in ("xmas-sweater", "film-noir"):
             post(url, image, style)  # warm-up, and both styles cached
@@ -121,6 +127,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "torch_threads": torch.get_num_threads(),
                 "in_process_ms": round(local_ms, 1),
                 "http_ms": round(http_ms, 1),
                 "http_overhead_ratio": round(http_ms / local_ms, 3),
