@@ -39,6 +39,7 @@ def test_parsing_separates_skin_features_and_hair(models, astronaut):
     cheek = np.round((face.landmarks[2] + face.landmarks[31]) / 2).astype(int)
     assert parsing.skin[cheek[1], cheek[0]] == 1 and parsing.hair[cheek[1], cheek[0]] == 0
     assert parsing.skin[:, :60].sum() == 0 and parsing.face[-60:].sum() == 0
+    assert (parsing.hair * parsing.skin).sum() == 0 and (parsing.hair * parsing.features).sum() == 0
 
 
 def test_no_face_is_a_422_no_face_error(models):

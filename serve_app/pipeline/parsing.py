@@ -59,9 +59,10 @@ def skin_colour_mask(image: np.ndarray, face: DetectedFace, region: np.ndarray) 
     return (region.astype(bool) & (distance < SKIN_MAHALANOBIS_LIMIT**2)).astype(np.uint8)
 
 
-def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray) -> np.ndarray:
+def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray, not_hair: np.ndarray) -> np.ndarray:
     """GrabCut on the head box (the face grown by half its width aside and its height above) with the face
-    as sure foreground; hair is the foreground above the chin that is not face."""
+    as sure foreground; hair is the foreground above the chin that is not ``not_hair`` (skin and features) —
+    so a fringe over the forehead counts as hair."""
     height, width = face_region.shape
     x0, y0, x1, y1 = face.box
     face_w, face_h = x1 - x0, y1 - y0
@@ -99,7 +100,7 @@ def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray) ->
     head_mask[cy0:cy1, cx0:cx1] = cv2.resize(head_small, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     above_chin = np.zeros_like(face_region)
     above_chin[: int(face.landmarks[8, 1]), :] = 1
-    return head_mask & above_chin & (1 - face_region)
+    return head_mask & above_chin & (1 - not_hair)
 
 
 def parse_face(image: np.ndarray, face: DetectedFace) -> FaceParsing:
@@ -107,5 +108,5 @@ def parse_face(image: np.ndarray, face: DetectedFace) -> FaceParsing:
     face_region = polygon_mask(shape, face_outline_points(face))
     features = features_mask(shape, face) & face_region
     skin = skin_colour_mask(image, face, face_region) & (1 - features)
-    hair = hair_mask(image, face, face_region)
+    hair = hair_mask(image, face, face_region, skin | features)
     return FaceParsing(*(m.astype(np.float32) for m in (face_region, skin, features, hair)))

@@ -47,7 +47,9 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
     beautified = smooth_skin(image, parsing.skin, face_width)
     enhanced = restore_region(beautified, face.box, models.face_restorer, ENHANCEMENT_STRENGTH)
     aligned, matrix = align_face(enhanced, face, ALIGNED_SIZE)
-    aligned_mask = cv2.warpAffine(parsing.face, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
+    # The fused region is the face without the reference's hair: hair follows the style, not the render.
+    fused_region = parsing.face * (1.0 - parsing.hair)
+    aligned_mask = cv2.warpAffine(fused_region, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
     return Reference(
         face=face,
         aligned_face=aligned,
