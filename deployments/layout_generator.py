@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 from ray import serve
 
@@ -21,11 +22,13 @@ from serve_app.styles import StyleCatalog
 STAGE = "layout"
 
 
+@dataclass(frozen=True)
 class PlannedLayout:
     """A request's sampling plan with its layout: what the blend sampler continues from."""
 
-    def __init__(self, plan: SamplingPlan, layout: Layout, lora_cache: str) -> None:
-        self.plan, self.layout, self.lora_cache = plan, layout, lora_cache
+    plan: SamplingPlan
+    layout: Layout
+    lora_cache: str
 
 
 class LayoutGenerator:
