@@ -44,12 +44,18 @@ class StyleCache:
         self._run_lock = asyncio.Lock()
 
         async def load(versioned_id: str) -> LoadedStyle:
-            style = self.catalog.get(versioned_id)
+            style = self.catalog.version(versioned_id)  # the ingress already checked it may be used
             await compute.run(self.adapters.load, style.versioned_id, style.lora_path)
             return LoadedStyle(self.adapters, style)
 
         # serve.multiplexed wraps a plain function, not a bound method; sized from config at run time.
         self._get = serve.multiplexed(max_num_models_per_replica=size)(load)
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the pipeline without a style (for a dry-run load of an uploaded LoRA)."""
+        async with self._run_lock:
+            yield
 
     @asynccontextmanager
     async def activated(self) -> AsyncIterator[tuple[Style, bool]]:

@@ -83,3 +83,19 @@ class OverloadedError(PortraitError):
 
     code = "overloaded"
     http_status = 503
+
+
+class StyleNotAvailableError(PortraitError):
+    """The style exists but cannot be used now: scheduled for later (404), expired or retired (410)."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.code = f"style_{status}"
+        self.http_status = 404 if status == "scheduled" else 410
+
+
+class InvalidStyleError(PortraitError):
+    """A style upload (manifest or LoRA) that cannot become part of the library."""
+
+    code = "invalid_style"
+    http_status = 422
