@@ -12,6 +12,7 @@ from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts
 from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.lora_validation import LoraLimits, LoraSummary, validate_lora
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.portrait import make_plan, style_prior
 from serve_app.pipeline.preprocess import Reference
@@ -40,8 +41,14 @@ class LayoutGenerator:
         self.styles = StyleCache(
             StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
         )
+        self.lora_limits = LoraLimits(max_bytes=args.max_lora_bytes, max_rank=args.max_lora_rank)
         self.generate_batch.set_max_batch_size(args.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+
+    async def validate_lora(self, data: bytes) -> LoraSummary:
+        """Check an uploaded style LoRA against this replica's base model (dry-run load included)."""
+        async with self.styles.exclusive():
+            return await self.compute.run(validate_lora, self.pipe, data, self.lora_limits)
 
     async def __call__(self, reference: Staged[Reference], job: PortraitJob) -> Staged[PlannedLayout]:
         return await self.generate_batch((reference, job))

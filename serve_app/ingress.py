@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 from deployments.metrics import in_flight_gauge
+from serve_app.admin import router as admin_router
 from deployments.staged import PortraitJob
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
@@ -63,7 +64,7 @@ Emit = Callable[[str, dict], Awaitable[None]]
 
 ERRORS = {
     status: {"model": ErrorResponse}
-    for status in (400, 404, 408, 413, 415, 422, 503)
+    for status in (400, 404, 408, 410, 413, 415, 422, 503)
 }
 
 app = FastAPI(
@@ -71,6 +72,7 @@ app = FastAPI(
     version="0.1.0",
     description="Studio portraits in a chosen style that keep the identity of an avatar's face render.",
 )
+app.include_router(admin_router)
 
 
 class InternalError(PortraitError):
@@ -98,6 +100,15 @@ def client_error(exception: BaseException) -> PortraitError | None:
 @app.exception_handler(PortraitError)
 async def _portrait_error(request: Request, error: PortraitError) -> JSONResponse:
     return error_response(error, {"Retry-After": RETRY_AFTER_S} if isinstance(error, OverloadedError) else None)
+
+
+@app.exception_handler(RayTaskError)
+async def _stage_error(request: Request, error: RayTaskError) -> JSONResponse:
+    """A client error raised inside a stage (e.g. a refused LoRA in a dry-run load) keeps its JSON answer."""
+    found = client_error(error)
+    if found is None:
+        raise error
+    return error_response(found)
 
 
 @app.exception_handler(RequestValidationError)
@@ -191,6 +202,7 @@ class PortraitIngress:
         self.blend_sampler, self.fusion_ranker, self.upscaler = blend_sampler, fusion_ranker, upscaler
         self.args = args
         self.catalog = StyleCatalog(args.styles_dir)
+        app.state.ingress = self  # the admin router reaches the catalog and the handles through it
         self.in_flight = 0
         self.in_flight_gauge = in_flight_gauge()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_CANDIDATES = 8
 
@@ -76,6 +76,8 @@ class PortraitAppArgs(BaseModel):
     request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
     max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
     max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
+    max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
+    max_lora_rank: int = Field(128, ge=1, le=1024, description="highest LoRA rank a style may have")
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="CPU threads for torch per replica; default all cores (Ray would cap a "
         "replica at its num_cpus, a single thread for fractional CPUs)"
@@ -137,3 +139,22 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class StylePatch(BaseModel):
+    """``PATCH /admin/styles/{id}``: the fields given replace the style's overrides; null clears one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    available_from: AwareDatetime | None = None
+    available_until: AwareDatetime | None = None
+    default_version: int | None = Field(None, ge=1)
+
+
+class PublishedStyle(BaseModel):
+    id: str
+    version: int
+    versioned_id: str
+    sha256: str
+    lora_rank: int
+    lora_tensors: int

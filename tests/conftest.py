@@ -63,11 +63,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
 @pytest.fixture(scope="session")
-def app_args(styles_dir: Path) -> dict:
+def live_styles_dir(styles_dir: Path, tmp_path_factory) -> Path:
+    """A copy of the shipped styles that the served app's curators may change."""
+    copy = tmp_path_factory.mktemp("library") / "styles"
+    shutil.copytree(styles_dir, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def app_args(live_styles_dir: Path) -> dict:
     return {
         "profile": "tiny",
-        "styles_dir": str(styles_dir),
+        "styles_dir": str(live_styles_dir),
+        "max_lora_bytes": 1024 * 1024,
+        "max_lora_rank": 16,
         "max_image_bytes": 2 * 1024 * 1024,
         "max_in_flight": 8,
         "max_batch_size": 8,
@@ -79,6 +92,7 @@ def app_args(styles_dir: Path) -> dict:
 def ray_cluster(tmp_path_factory):
     """One local Ray for the session, isolated in a temp folder, metrics on a loopback port; always shut down."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["STUDIO_ADMIN_TOKEN"] = ADMIN_TOKEN  # replicas inherit the environment Ray starts with
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     import ray
 

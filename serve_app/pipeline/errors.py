@@ -99,3 +99,18 @@ class InvalidStyleError(PortraitError):
 
     code = "invalid_style"
     http_status = 422
+
+
+class AdminDisabledError(PortraitError):
+    code = "admin_disabled"
+    http_status = 404
+
+
+class UnauthorizedError(PortraitError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(PortraitError):
+    code = "forbidden"
+    http_status = 403

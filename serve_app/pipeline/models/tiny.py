@@ -198,3 +198,23 @@ def rrdbnet_state_dict(scale: int) -> dict[str, torch.Tensor]:
     state["conv_last.weight"] = identity_conv(3, features)
     state["conv_last.bias"] = torch.zeros(3)
     return {"params_ema": state}
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_style_lora(unet: UNet2DConditionModel, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A seeded random style LoRA for ``unet`` in diffusers key naming (``unet.<module>.lora.down.weight`` …),
+    as ``save_lora_weights`` writes it. peft's default init zeroes B (no visible effect), hence
+    ``init_lora_weights=False``. The adapter is removed from ``unet`` again."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    name = f"random_{seed}"
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=LORA_TARGETS), adapter_name=name
+    )
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    unet.delete_adapters(name)
+    return {f"unet.{key}": tensor.contiguous() for key, tensor in state.items()}

@@ -1,0 +1,109 @@
+"""The versioned style library: publishing, versions, schedule windows (with an injected clock), retiring,
+concurrent publishers and restarts."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from serve_app.pipeline.errors import StyleNotAvailableError, UnknownStyleError
+from serve_app.styles import StyleCatalog, StyleManifest
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def library(tmp_path, styles_dir):
+    shutil.copytree(styles_dir, tmp_path / "styles")
+    clock = Clock(NOW)
+    return StyleCatalog(tmp_path / "styles", clock=clock), clock
+
+
+def manifest(style_id: str = "snow-globe", **fields) -> StyleManifest:
+    return StyleManifest(id=style_id, title="Snow globe", prompt_template="{subject} inside a snow globe", **fields)
+
+
+def lora_bytes(styles_dir) -> bytes:
+    return (styles_dir / "film-noir" / "lora.safetensors").read_bytes()
+
+
+def test_publish_creates_versions_and_pins(library, styles_dir):
+    catalog, _ = library
+    first = catalog.publish(manifest(), lora_bytes(styles_dir))
+    second = catalog.publish(manifest(negative_prompt="blurry"), lora_bytes(styles_dir))
+    assert (first.versioned_id, second.versioned_id) == ("snow-globe@1", "snow-globe@2")
+    assert catalog.get("snow-globe").versioned_id == "snow-globe@2"
+    assert catalog.get("snow-globe@1").manifest.negative_prompt == ""
+    assert len(second.manifest.lora.sha256) == 64
+    stored = yaml.safe_load((catalog.directory / "snow-globe" / "2" / "style.yaml").read_text())
+    assert stored["version"] == 2 and stored["lora"]["sha256"] == second.manifest.lora.sha256
+    # a shipped folder's manifest version counts: the next film-noir is 2
+    assert catalog.publish(manifest("film-noir"), lora_bytes(styles_dir)).versioned_id == "film-noir@2"
+    catalog.update_state("snow-globe", default_version=1)
+    assert catalog.get("snow-globe").versioned_id == "snow-globe@1"
+
+
+def test_schedule_windows_follow_the_clock(library, styles_dir):
+    catalog, clock = library
+    catalog.publish(
+        manifest(available_from=NOW + timedelta(days=20), available_until=NOW + timedelta(days=30)),
+        lora_bytes(styles_dir),
+    )
+    assert catalog.status("snow-globe").status == "scheduled"
+    with pytest.raises(StyleNotAvailableError) as error:
+        catalog.get("snow-globe")
+    assert (error.value.code, error.value.http_status) == ("style_scheduled", 404)
+    assert "snow-globe" not in [s.manifest.id for s in catalog.list()]
+    clock.now = NOW + timedelta(days=21)
+    assert catalog.get("snow-globe").versioned_id == "snow-globe@1"
+    assert "snow-globe" in [s.manifest.id for s in catalog.list()]
+    clock.now = NOW + timedelta(days=30)
+    with pytest.raises(StyleNotAvailableError) as error:
+        catalog.get("snow-globe@1")
+    assert (error.value.code, error.value.http_status) == ("style_expired", 410)
+    catalog.update_state("snow-globe", available_until=NOW + timedelta(days=40))  # the curator extends it
+    assert catalog.status("snow-globe").status == "live"
+
+
+def test_retired_styles_are_refused_but_kept(library):
+    catalog, _ = library
+    catalog.update_state("film-noir", retired=True)
+    with pytest.raises(StyleNotAvailableError) as error:
+        catalog.get("film-noir")
+    assert (error.value.code, error.value.http_status) == ("style_retired", 410)
+    assert catalog.version("film-noir@1").versioned_id == "film-noir@1"  # replicas finish in-flight work
+    with pytest.raises(UnknownStyleError):
+        catalog.get("no-such-style")
+
+
+def test_ten_concurrent_publishes_give_ten_intact_versions(library, styles_dir):
+    catalog, _ = library
+    data = lora_bytes(styles_dir)
+    with ThreadPoolExecutor(10) as pool:
+        published = list(pool.map(lambda i: catalog.publish(manifest(description=f"take {i}"), data), range(10)))
+    assert sorted(s.manifest.version for s in published) == list(range(1, 11))
+    versions = catalog.versions("snow-globe")
+    assert sorted(versions) == list(range(1, 11))
+    assert {v.manifest.description for v in versions.values()} == {f"take {i}" for i in range(10)}
+    assert all(v.lora_path.read_bytes() == data for v in versions.values())
+    assert not [p for p in (catalog.directory / "snow-globe").iterdir() if p.name.startswith(".")]
+
+
+def test_a_restart_sees_the_same_library(library, styles_dir):
+    catalog, clock = library
+    catalog.publish(manifest(), lora_bytes(styles_dir))
+    catalog.update_state("xmas-sweater", retired=True)
+    reopened = StyleCatalog(catalog.directory, clock=clock)
+    assert [reopened.status(i) for i in reopened.ids()] == [catalog.status(i) for i in catalog.ids()]
