@@ -87,7 +87,7 @@ def test_event_stream_orders_stages_then_result(serve_url, sample_face):
 
 def test_styles_health_and_docs(serve_url):
     styles = httpx.get(f"{serve_url}/v1/styles").json()
-    assert {s["versioned_id"] for s in styles} == {"xmas-sweater@1", "film-noir@1", "summer-beach@1"}
+    assert {"xmas-sweater@1", "film-noir@1", "summer-beach@1"} <= {s["versioned_id"] for s in styles}
     assert all({"steps", "identity_weight", "t1", "size"} <= set(s["defaults"]) for s in styles)
     assert httpx.get(f"{serve_url}/healthz").json() == {"status": "ok"}
     spec = httpx.get(f"{serve_url}/openapi.json").json()

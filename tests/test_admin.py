@@ -1,0 +1,131 @@
+"""Style curation through the admin API of the running service: live publishing, versions, schedule,
+retirement, authentication, and refused uploads that leave the library untouched."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+import yaml
+from safetensors.torch import save
+from starlette.requests import Request
+
+from conftest import ADMIN_TOKEN
+from serve_app.admin import require_admin
+from serve_app.pipeline.errors import AdminDisabledError
+from serve_app.pipeline.models import tiny
+
+pytestmark = pytest.mark.usefixtures("serve_url")
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SMALL = {"num_candidates": "2", "top_k": "1", "seed": "5"}
+
+
+def manifest_yaml(style_id: str = "snow-globe", **fields) -> bytes:
+    body = {"id": style_id, "title": "Snow globe", "prompt_template": "portrait of {subject} in a snow globe", **fields}
+    return yaml.safe_dump(body).encode()
+
+
+def publish(url: str, manifest: bytes, lora: bytes, headers=AUTH, lora_name: str = "lora.safetensors"):
+    files = {"manifest": ("style.yaml", manifest), "lora": (lora_name, lora)}
+    return httpx.post(f"{url}/admin/styles", files=files, headers=headers, timeout=120)
+
+
+def portrait(url: str, face: bytes, style: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/portraits", files={"image": ("f.png", face)}, data={"style": style, **SMALL}, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def lora(models) -> bytes:
+    return save(tiny.random_style_lora(models.diffusion.unet, seed=11))
+
+
+def library(url: str) -> list[dict]:
+    return httpx.get(f"{url}/admin/styles", headers=AUTH).json()
+
+
+def test_admin_needs_the_token(serve_url):
+    assert httpx.get(f"{serve_url}/admin/styles").status_code == 401
+    wrong = httpx.get(f"{serve_url}/admin/styles", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (403, "forbidden")
+    assert httpx.get(f"{serve_url}/admin/styles", headers=AUTH).status_code == 200
+
+
+def test_admin_is_disabled_without_a_configured_token(monkeypatch):
+    monkeypatch.delenv("STUDIO_ADMIN_TOKEN", raising=False)
+    request = Request({"type": "http", "headers": [(b"authorization", AUTH["Authorization"].encode())]})
+    with pytest.raises(AdminDisabledError):
+        require_admin(request)
+
+
+def test_publish_live_then_version_then_retire(serve_url, sample_face, lora):
+    flowing = []
+    worker = threading.Thread(target=lambda: flowing.append(portrait(serve_url, sample_face, "film-noir")))
+    worker.start()
+    created = publish(serve_url, manifest_yaml(), lora)
+    assert created.status_code == 201, created.text
+    assert created.json()["versioned_id"] == "snow-globe@1" and len(created.json()["sha256"]) == 64
+    worker.join()
+    assert flowing[0].status_code == 200  # the request in flight was not disturbed
+
+    assert "snow-globe@1" in {s["versioned_id"] for s in httpx.get(f"{serve_url}/v1/styles").json()}
+    first = portrait(serve_url, sample_face, "snow-globe")
+    assert first.status_code == 200 and first.json()["style"] == "snow-globe@1"
+
+    assert publish(serve_url, manifest_yaml(negative_prompt="blurry"), lora).json()["versioned_id"] == "snow-globe@2"
+    assert portrait(serve_url, sample_face, "snow-globe").json()["style"] == "snow-globe@2"
+    assert portrait(serve_url, sample_face, "snow-globe@1").json()["style"] == "snow-globe@1"
+
+    retired = httpx.delete(f"{serve_url}/admin/styles/snow-globe", headers=AUTH)
+    assert retired.status_code == 200 and retired.json()["status"] == "retired"
+    refused = portrait(serve_url, sample_face, "snow-globe")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (410, "style_retired")
+    assert "snow-globe" not in {s["id"] for s in httpx.get(f"{serve_url}/v1/styles").json()}
+    assert portrait(serve_url, sample_face, "film-noir").status_code == 200
+
+
+def test_schedule_window_through_patch(serve_url, sample_face, lora):
+    assert publish(serve_url, manifest_yaml("holiday-lights"), lora).status_code == 201
+    later = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+    patched = httpx.patch(f"{serve_url}/admin/styles/holiday-lights", json={"available_from": later}, headers=AUTH)
+    assert patched.status_code == 200 and patched.json()["status"] == "scheduled"
+    refused = portrait(serve_url, sample_face, "holiday-lights")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "style_scheduled")
+    cleared = httpx.patch(f"{serve_url}/admin/styles/holiday-lights", json={"available_from": None}, headers=AUTH)
+    assert cleared.json()["status"] == "live"
+    naive = httpx.patch(f"{serve_url}/admin/styles/holiday-lights", json={"available_from": "2027-01-01T00:00:00"},
+                        headers=AUTH)
+    assert naive.status_code == 422
+    missing = httpx.patch(f"{serve_url}/admin/styles/nothing-here", json={}, headers=AUTH)
+    assert missing.status_code == 404
+
+
+REFUSED = {
+    "pickle": lambda lora: (manifest_yaml("bad-one"), pickle.dumps({"weights": [1, 2]}), "lora.safetensors"),
+    "not .safetensors name": lambda lora: (manifest_yaml("bad-one"), lora, "lora.pt"),
+    "truncated": lambda lora: (manifest_yaml("bad-one"), lora[:-64], "lora.safetensors"),
+    "wrong keys": lambda lora: (manifest_yaml("bad-one"), save({"unet.nope.to_q.lora.down.weight": __import__("torch").zeros(4, 8)}), "lora.safetensors"),
+    "oversize": lambda lora: (manifest_yaml("bad-one"), lora + bytes(1024 * 1024), "lora.safetensors"),
+    "bad manifest": lambda lora: (manifest_yaml("bad-one", prompt_template="no placeholder"), lora, "lora.safetensors"),
+    "naive window": lambda lora: (manifest_yaml("bad-one", available_from="2027-01-01T00:00:00"), lora, "lora.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_refused_uploads_are_422_and_change_nothing(serve_url, live_styles_dir, lora, case):
+    before_api = library(serve_url)
+    before_files = sorted(str(p.relative_to(live_styles_dir)) for p in live_styles_dir.rglob("*"))
+    manifest, data, name = REFUSED[case](lora)
+    response = publish(serve_url, manifest, data, lora_name=name)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_style" and response.json()["error"]["message"]
+    assert library(serve_url) == before_api
+    assert sorted(str(p.relative_to(live_styles_dir)) for p in live_styles_dir.rglob("*")) == before_files
+
+
+def test_rank_too_large_is_refused(serve_url, models):
+    big = save(tiny.random_style_lora(models.diffusion.unet, seed=12, rank=32))
+    response = publish(serve_url, manifest_yaml("too-big"), big)
+    assert response.status_code == 422 and "rank 32" in response.json()["error"]["message"]
