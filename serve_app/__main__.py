@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 from pydantic import ValidationError
@@ -17,7 +19,9 @@ from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.models import PROFILES, load_models
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
-from serve_app.styles import StyleCatalog
+from serve_app.admin import ADMIN_TOKEN_ENV
+from serve_app.pipeline.lora_validation import validate_lora
+from serve_app.styles import MANIFEST_FILE, StyleCatalog, load_style_folder
 
 DEFAULT_STYLES_DIR = Path("styles")
 
@@ -77,6 +81,30 @@ def command_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_validate(args: argparse.Namespace) -> int:
+    """Offline: the manifest, and the LoRA checked and dry-run loaded on the profile's base model."""
+    style = load_style_folder(args.folder)
+    summary = validate_lora(load_models(args.profile).diffusion, style.lora_path.read_bytes())
+    print(f"{args.folder}: valid style {style.manifest.id!r} (LoRA rank {summary.rank}, {summary.tensors} tensors)")
+    return 0
+
+
+def command_publish(args: argparse.Namespace) -> int:
+    style = load_style_folder(args.folder)
+    if not args.token:
+        raise ValueError(f"give --token or set {ADMIN_TOKEN_ENV}")
+    files = {
+        "manifest": (MANIFEST_FILE, (args.folder / MANIFEST_FILE).read_bytes()),
+        "lora": (style.lora_path.name, style.lora_path.read_bytes()),
+    }
+    response = httpx.post(
+        f"{args.url.rstrip('/')}/admin/styles", files=files, headers={"Authorization": f"Bearer {args.token}"},
+        timeout=300,
+    )
+    print(json.dumps(response.json(), indent=2), file=sys.stdout if response.status_code == 201 else sys.stderr)
+    return 0 if response.status_code == 201 else 2
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__)
     root.add_argument("--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="style folders (default: styles)")
@@ -97,8 +125,18 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--profile", default="tiny", choices=PROFILES, help="model profile (default tiny)")
     generate.set_defaults(handler=command_generate)
 
-    styles = commands.add_parser("styles", help="list styles")
+    styles = commands.add_parser("styles", help="list styles (live now); validate or publish a style folder")
     styles.set_defaults(handler=command_styles)
+    curation = styles.add_subparsers(dest="action")
+    validate = curation.add_parser("validate", help="check a style folder offline (manifest + LoRA dry-run load)")
+    validate.add_argument("folder", type=Path)
+    validate.add_argument("--profile", default="tiny", choices=PROFILES, help="base model to load onto")
+    validate.set_defaults(handler=command_validate)
+    publish = curation.add_parser("publish", help="publish a style folder to a running service")
+    publish.add_argument("folder", type=Path)
+    publish.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default: local)")
+    publish.add_argument("--token", default=os.environ.get(ADMIN_TOKEN_ENV), help=f"admin token (default: ${ADMIN_TOKEN_ENV})")
+    publish.set_defaults(handler=command_publish)
     return root
 
 
@@ -109,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except PortraitError as error:
         print(json.dumps(error.to_dict()), file=sys.stderr)
         return 2
-    except (ValidationError, ValueError) as error:
+    except (ValidationError, ValueError, httpx.HTTPError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

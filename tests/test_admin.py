@@ -129,3 +129,22 @@ def test_rank_too_large_is_refused(serve_url, models):
     big = save(tiny.random_style_lora(models.diffusion.unet, seed=12, rank=32))
     response = publish(serve_url, manifest_yaml("too-big"), big)
     assert response.status_code == 422 and "rank 32" in response.json()["error"]["message"]
+
+
+def test_curator_cli_validates_and_publishes(serve_url, tmp_path, lora, capsys):
+    from serve_app.__main__ import main
+
+    folder = tmp_path / "cli-style"
+    folder.mkdir()
+    (folder / "style.yaml").write_bytes(manifest_yaml("cli-style"))
+    (folder / "lora.safetensors").write_bytes(lora)
+    assert main(["styles", "validate", str(folder)]) == 0
+    assert "valid style 'cli-style'" in capsys.readouterr().out
+    assert main(["styles", "publish", str(folder), "--url", serve_url, "--token", "wrong"]) == 2
+    assert "forbidden" in capsys.readouterr().err
+    assert main(["styles", "publish", str(folder), "--url", serve_url, "--token", ADMIN_TOKEN]) == 0
+    assert '"versioned_id": "cli-style@1"' in capsys.readouterr().out
+
+    (folder / "lora.safetensors").write_bytes(pickle.dumps({"not": "safetensors"}))
+    assert main(["styles", "validate", str(folder)]) == 2
+    assert "pickle" in capsys.readouterr().err
