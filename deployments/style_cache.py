@@ -45,7 +45,7 @@ class StyleCache:
 
         async def load(versioned_id: str) -> LoadedStyle:
             style = self.catalog.version(versioned_id)  # the ingress already checked it may be used
-            await compute.run(self.adapters.load, style.versioned_id, style.lora_path)
+            await compute.run(self.adapters.load, style.versioned_id, style.read_lora)
             return LoadedStyle(self.adapters, style)
 
         # serve.multiplexed wraps a plain function, not a bound method; sized from config at run time.

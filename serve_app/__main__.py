@@ -84,7 +84,7 @@ def command_styles(args: argparse.Namespace) -> int:
 def command_validate(args: argparse.Namespace) -> int:
     """Offline: the manifest, and the LoRA checked and dry-run loaded on the profile's base model."""
     style = load_style_folder(args.folder)
-    summary = validate_lora(load_models(args.profile).diffusion, style.lora_path.read_bytes())
+    summary = validate_lora(load_models(args.profile).diffusion, style.read_lora())
     print(f"{args.folder}: valid style {style.manifest.id!r} (LoRA rank {summary.rank}, {summary.tensors} tensors)")
     return 0
 
@@ -95,7 +95,7 @@ def command_publish(args: argparse.Namespace) -> int:
         raise ValueError(f"give --token or set {ADMIN_TOKEN_ENV}")
     files = {
         "manifest": (MANIFEST_FILE, (args.folder / MANIFEST_FILE).read_bytes()),
-        "lora": (style.lora_path.name, style.lora_path.read_bytes()),
+        "lora": (style.manifest.lora.file, style.read_lora()),
     }
     response = httpx.post(
         f"{args.url.rstrip('/')}/admin/styles", files=files, headers={"Authorization": f"Bearer {args.token}"},

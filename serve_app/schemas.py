@@ -68,7 +68,9 @@ class PortraitAppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     profile: str = Field("tiny", description="model profile")
-    styles_dir: Path = Field(Path("styles"), description="folder of style folders; relative to the working dir")
+    styles_dir: str = Field(
+        "styles", description="the style library: a local folder (relative to the working dir) or an fsspec URL"
+    )
     weights_dir: Path | None = Field(None, description="production weights folder (production profile only)")
     lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
     max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
@@ -83,10 +85,15 @@ class PortraitAppArgs(BaseModel):
         "replica at its num_cpus, a single thread for fractional CPUs)"
     )
 
-    @field_validator("styles_dir", "weights_dir")
+    @field_validator("styles_dir")
     @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        # Replicas do not share the builder's working directory.
+    def _absolute_styles(cls, value: str) -> str:
+        # Replicas do not share the builder's working directory; URLs (s3://, gs://, memory://…) stay as given.
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+
+    @field_validator("weights_dir")
+    @classmethod
+    def _absolute_weights(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
     @field_validator("profile")
@@ -95,12 +102,6 @@ class PortraitAppArgs(BaseModel):
         from serve_app.pipeline.models import check_profile
 
         return check_profile(value)
-
-    @model_validator(mode="after")
-    def _styles_exist(self) -> PortraitAppArgs:
-        if not self.styles_dir.is_dir():
-            raise ValueError(f"styles_dir {self.styles_dir} is not a directory")
-        return self
 
 
 class PortraitJSONRequest(PortraitOptions):

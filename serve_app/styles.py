@@ -6,18 +6,18 @@ Versions are immutable; ``<id>@<version>`` names a version everywhere (it is the
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import re
-import shutil
-import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fsspec
 import yaml
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.pipeline.errors import InvalidStyleError, StyleNotAvailableError, UnknownStyleError
@@ -26,6 +26,7 @@ STYLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MANIFEST_FILE = "style.yaml"
 LORA_FILE = "lora.safetensors"
 STATE_FILE = "state.json"
+CLAIM_FILE = ".claim"
 
 
 class PriorFaceMask(BaseModel):
@@ -116,14 +117,18 @@ class StyleManifest(BaseModel):
 
 @dataclass(frozen=True)
 class Style:
-    """One version of a style: its manifest and the location of its LoRA file."""
+    """One version of a style: its manifest and where its LoRA file is (on ``fs``, local or remote)."""
 
     manifest: StyleManifest
-    lora_path: Path
+    fs: AbstractFileSystem
+    lora_url: str
 
     @property
     def versioned_id(self) -> str:
         return self.manifest.versioned_id
+
+    def read_lora(self) -> bytes:
+        return self.fs.cat_file(self.lora_url)
 
 
 class StyleFolderError(ValueError):
@@ -137,16 +142,21 @@ def parse_manifest(text: str, source: str) -> StyleManifest:
         raise StyleFolderError(f"{source}: {exc}") from exc
 
 
-def load_style_folder(folder: Path, require_lora: bool = True) -> Style:
-    """Read and validate one style folder (``style.yaml`` and the LoRA it names)."""
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
+def read_style(fs: AbstractFileSystem, folder: str, require_lora: bool = True) -> Style:
+    """Read and validate one style folder (``style.yaml`` and the LoRA it names) on ``fs``."""
+    manifest_url = f"{folder}/{MANIFEST_FILE}"
+    if not fs.isfile(manifest_url):
         raise StyleFolderError(f"{folder}: no {MANIFEST_FILE}")
-    manifest = parse_manifest(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
-    lora_path = folder / manifest.lora.file
-    if require_lora and not lora_path.is_file():
+    manifest = parse_manifest(fs.cat_file(manifest_url).decode("utf-8"), manifest_url)
+    lora_url = f"{folder}/{manifest.lora.file}"
+    if require_lora and not fs.isfile(lora_url):
         raise StyleFolderError(f"{folder}: LoRA file {manifest.lora.file!r} is missing")
-    return Style(manifest=manifest, lora_path=lora_path)
+    return Style(manifest=manifest, fs=fs, lora_url=lora_url)
+
+
+def load_style_folder(folder: Path) -> Style:
+    """A local style folder, as a curator prepares it."""
+    return read_style(LocalFileSystem(), str(Path(folder).resolve()))
 
 
 class StyleState(BaseModel):
@@ -180,48 +190,58 @@ def utc_now() -> datetime:
 
 
 class StyleCatalog:
-    """The versioned style library in one directory; every read goes to disk, so all replicas and restarts
-    see the same library.
+    """The versioned style library at a local path or any fsspec URL; every read goes to storage, so all
+    replicas and restarts see the same library.
 
     Layout: ``<root>/<id>/style.yaml`` (+ LoRA) is a shipped folder holding the version its manifest names;
     ``<root>/<id>/<n>/`` holds published version n; ``<root>/<id>/state.json`` the curator's overrides.
-    Versions are immutable: publishing writes a hidden temporary folder, then renames it to the next free number
-    (a rename onto an existing, non-empty version folder fails, so concurrent publishers each get their own).
+    Versions are immutable. Publishing claims the next number by creating ``<n>/.claim`` exclusively (so
+    concurrent publishers get distinct numbers), writes the LoRA, and commits by moving the manifest into place
+    last: a version without ``style.yaml`` is unfinished and invisible.
     """
 
-    def __init__(self, directory: Path, require_lora: bool = True, clock: Clock = utc_now) -> None:
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise StyleFolderError(f"styles directory {self.directory} does not exist")
+    def __init__(self, location: str | Path, require_lora: bool = True, clock: Clock = utc_now) -> None:
+        self.location = str(location)
+        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.root = self.root.rstrip("/")
+        if not self.fs.isdir(self.root):
+            raise StyleFolderError(f"styles directory {self.location} does not exist")
         self.require_lora = require_lora
         self.clock = clock
         for style_id in self.ids():  # a broken library fails at start-up, not on the first request
             self.versions(style_id)
 
+    def _url(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _children(self, url: str) -> list[str]:
+        """Names of the sub-folders of ``url``."""
+        if not self.fs.isdir(url):
+            return []
+        return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(url, detail=True)
+                if entry["type"] == "directory"]
+
     # -- reading -------------------------------------------------------------------------------------------
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.directory.iterdir() if p.is_dir() and re.match(STYLE_ID_PATTERN, p.name))
+        return sorted(name for name in self._children(self.root) if re.match(STYLE_ID_PATTERN, name))
 
     def versions(self, style_id: str) -> dict[int, Style]:
-        folder = self.directory / style_id
-        if not folder.is_dir():
-            return {}
+        folder = self._url(style_id)
         found = {}
-        candidates = [folder] + [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
-        for version_folder in candidates:
-            if (version_folder / MANIFEST_FILE).is_file():
-                style = load_style_folder(version_folder, self.require_lora)
+        numbered = [self._url(style_id, name) for name in self._children(folder) if name.isdigit()]
+        for version_folder in [folder, *numbered]:
+            if self.fs.isfile(f"{version_folder}/{MANIFEST_FILE}"):
+                style = read_style(self.fs, version_folder, self.require_lora)
                 if style.manifest.id != style_id:
                     raise StyleFolderError(f"{version_folder}: id {style.manifest.id!r} differs from {style_id!r}")
                 found[style.manifest.version] = style
         return dict(sorted(found.items()))
 
     def state(self, style_id: str) -> StyleState:
-        path = self.directory / style_id / STATE_FILE
-        if not path.is_file():
+        url = self._url(style_id, STATE_FILE)
+        if not self.fs.isfile(url):
             return StyleState()
-        return StyleState.model_validate_json(path.read_text(encoding="utf-8"))
-
+        return StyleState.model_validate_json(self.fs.cat_file(url))
     def version(self, versioned_id: str) -> Style:
         """Any stored version by ``id@version``, whatever its status (replicas load LoRAs with this)."""
         style_id, _, version = versioned_id.partition("@")
@@ -273,28 +293,41 @@ class StyleCatalog:
     # -- writing -------------------------------------------------------------------------------------------
     def publish(self, manifest: StyleManifest, lora: bytes) -> Style:
         """Store a new version of ``manifest.id`` (its ``version`` is replaced by the next free number)."""
-        folder = self.directory / manifest.id
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=folder))
+        folder = self._url(manifest.id)
+        version = self._claim_version(manifest.id)
+        target = f"{folder}/{version}"
+        lora_spec = manifest.lora.model_copy(update={"file": LORA_FILE, "sha256": hashlib.sha256(lora).hexdigest()})
+        stored = manifest.model_copy(update={"version": version, "lora": lora_spec})
+        text = yaml.safe_dump(stored.model_dump(mode="json", exclude_none=True), sort_keys=False)
         try:
-            (staging / LORA_FILE).write_bytes(lora)
-            lora_spec = manifest.lora.model_copy(update={"file": LORA_FILE, "sha256": hashlib.sha256(lora).hexdigest()})
-            while True:
-                version = max(self.versions(manifest.id), default=0) + 1
-                stored = manifest.model_copy(update={"version": version, "lora": lora_spec})
-                text = yaml.safe_dump(stored.model_dump(mode="json", exclude_none=True), sort_keys=False)
-                (staging / MANIFEST_FILE).write_text(text, encoding="utf-8")
-                try:
-                    os.rename(staging, folder / str(version))
-                    return Style(stored, folder / str(version) / LORA_FILE)
-                except OSError as error:
-                    if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.fs.pipe_file(f"{target}/{LORA_FILE}", lora)
+            self._replace(f"{target}/{MANIFEST_FILE}", text.encode("utf-8"))
+        except BaseException:
+            self.fs.rm(target, recursive=True)
+            raise
+        return Style(stored, self.fs, f"{target}/{LORA_FILE}")
+
+    def _claim_version(self, style_id: str) -> int:
+        folder = self._url(style_id)
+        taken = [int(name) for name in self._children(folder) if name.isdigit()]
+        version = max([*taken, *self.versions(style_id)], default=0) + 1
+        while True:
+            self.fs.makedirs(f"{folder}/{version}", exist_ok=True)
+            try:
+                with self.fs.open(f"{folder}/{version}/{CLAIM_FILE}", "xb") as claim:
+                    claim.write(b"claimed")
+                return version
+            except FileExistsError:
+                version += 1
+
+    def _replace(self, url: str, data: bytes) -> None:
+        """Write ``data`` to ``url`` so that readers see the old file or the new one, never a part."""
+        temporary = f"{url.rsplit('/', 1)[0]}/.{uuid.uuid4().hex}.tmp"
+        self.fs.pipe_file(temporary, data)
+        self.fs.mv(temporary, url)
 
     def update_state(self, style_id: str, **changes) -> StyleState:
-        """Change a style's overrides (schedule window, default version, retired) atomically."""
+        """Change a style's overrides (schedule window, default version, retired)."""
         versions = self.versions(style_id)
         if not versions:
             raise UnknownStyleError(f"unknown style {style_id!r}")
@@ -304,8 +337,5 @@ class StyleCatalog:
             raise InvalidStyleError(f"style {style_id!r} has no version {state.default_version}")
         if state.available_from and state.available_until and state.available_until <= state.available_from:
             raise InvalidStyleError("available_until must be after available_from")
-        path = self.directory / style_id / STATE_FILE
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".state-", delete=False) as temporary:
-            temporary.write(state.model_dump_json(indent=2))
-        os.replace(temporary.name, path)
+        self._replace(self._url(style_id, STATE_FILE), state.model_dump_json(indent=2).encode("utf-8"))
         return state

@@ -13,7 +13,7 @@ from serve_app.app import PortraitConfigError, build_app, parse_args
     ("args", "message"),
     [
         ({"profile": "huge"}, "unknown model profile 'huge'"),
-        ({"styles_dir": "/no/such/folder"}, "is not a directory"),
+        ({"styles_dir": "/no/such/folder"}, "/no/such/folder does not exist"),
         ({"lora_cache_size": 0}, "lora_cache_size"),
         ({"max_batch_size": "many"}, "max_batch_size"),
         ({"surprise": 1}, "surprise"),
@@ -37,6 +37,6 @@ def test_shipped_configs_build(config, monkeypatch):
     monkeypatch.chdir(REPO)
     application = yaml.safe_load((REPO / "configs" / config).read_text())["applications"][0]
     assert application["import_path"] == "serve_app.app:build_app"
-    assert parse_args(application["args"]).styles_dir == REPO / "styles"
+    assert parse_args(application["args"]).styles_dir == str(REPO / "styles")
     names = {d["name"] for d in application["deployments"]}
     assert names == {"Preprocessor", "LayoutGenerator", "BlendSampler", "FusionRanker", "Upscaler", "PortraitIngress"}

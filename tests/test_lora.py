@@ -21,7 +21,7 @@ def test_styles_change_the_unet_and_switch_back_exactly(models, styles_dir):
     outputs = {}
     for style in ("film-noir", "summer-beach", "film-noir"):
         found = catalog.get(style)
-        adapters.load(found.versioned_id, found.lora_path)
+        adapters.load(found.versioned_id, found.read_lora)
         with adapters.active(found.versioned_id, found.manifest.lora.scale):
             outputs.setdefault(style, []).append(noise_of(pipe))
     assert (outputs["film-noir"][0] - outputs["summer-beach"][0]).abs().max() > 1e-4
@@ -34,7 +34,7 @@ def test_styles_change_the_unet_and_switch_back_exactly(models, styles_dir):
 def test_release_during_a_run_waits_for_the_run(models, styles_dir):
     pipe, style = models.diffusion, StyleCatalog(styles_dir).get("xmas-sweater")
     adapters = StyleAdapters(pipe)
-    adapters.load(style.versioned_id, style.lora_path)
+    adapters.load(style.versioned_id, style.read_lora)
     with adapters.active(style.versioned_id, 1.0):
         adapters.release(style.versioned_id)  # e.g. LRU eviction while a batch samples
         assert adapter_name(style.versioned_id) in adapters.loaded()
@@ -46,10 +46,10 @@ def test_release_during_a_run_waits_for_the_run(models, styles_dir):
 def test_reloading_a_released_style_cancels_the_pending_unload(models, styles_dir):
     pipe, style = models.diffusion, StyleCatalog(styles_dir).get("xmas-sweater")
     adapters = StyleAdapters(pipe)
-    adapters.load(style.versioned_id, style.lora_path)
+    adapters.load(style.versioned_id, style.read_lora)
     with adapters.active(style.versioned_id, 1.0):
         adapters.release(style.versioned_id)
-        adapters.load(style.versioned_id, style.lora_path)
+        adapters.load(style.versioned_id, style.read_lora)
     assert adapters.is_loaded(style.versioned_id)
     adapters.release(style.versioned_id)
     assert adapter_name(style.versioned_id) not in adapters.loaded()

@@ -7,6 +7,9 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import uuid
+
+import fsspec
 import pytest
 import yaml
 
@@ -24,11 +27,17 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def library(tmp_path, styles_dir):
-    shutil.copytree(styles_dir, tmp_path / "styles")
+@pytest.fixture(params=["local folder", "fsspec memory URL"])
+def library(request, tmp_path, styles_dir):
+    """The shipped styles copied to a local folder, or to an in-memory fsspec filesystem (as S3/GCS would be)."""
+    if request.param == "local folder":
+        shutil.copytree(styles_dir, tmp_path / "styles")
+        location = str(tmp_path / "styles")
+    else:
+        location = f"memory://{uuid.uuid4().hex}/styles"
+        fsspec.filesystem("memory").put(str(styles_dir), location, recursive=True)
     clock = Clock(NOW)
-    return StyleCatalog(tmp_path / "styles", clock=clock), clock
+    return StyleCatalog(location, clock=clock), clock
 
 
 def manifest(style_id: str = "snow-globe", **fields) -> StyleManifest:
@@ -47,7 +56,7 @@ def test_publish_creates_versions_and_pins(library, styles_dir):
     assert catalog.get("snow-globe").versioned_id == "snow-globe@2"
     assert catalog.get("snow-globe@1").manifest.negative_prompt == ""
     assert len(second.manifest.lora.sha256) == 64
-    stored = yaml.safe_load((catalog.directory / "snow-globe" / "2" / "style.yaml").read_text())
+    stored = yaml.safe_load(catalog.fs.cat_file(f"{catalog.root}/snow-globe/2/style.yaml"))
     assert stored["version"] == 2 and stored["lora"]["sha256"] == second.manifest.lora.sha256
     # a shipped folder's manifest version counts: the next film-noir is 2
     assert catalog.publish(manifest("film-noir"), lora_bytes(styles_dir)).versioned_id == "film-noir@2"
@@ -97,13 +106,14 @@ def test_ten_concurrent_publishes_give_ten_intact_versions(library, styles_dir):
     versions = catalog.versions("snow-globe")
     assert sorted(versions) == list(range(1, 11))
     assert {v.manifest.description for v in versions.values()} == {f"take {i}" for i in range(10)}
-    assert all(v.lora_path.read_bytes() == data for v in versions.values())
-    assert not [p for p in (catalog.directory / "snow-globe").iterdir() if p.name.startswith(".")]
+    assert all(v.read_lora() == data for v in versions.values())
+    files = [path.rsplit("/", 1)[-1] for path in catalog.fs.find(f"{catalog.root}/snow-globe")]
+    assert sorted(set(files)) == [".claim", "lora.safetensors", "style.yaml"]  # no temporary files left
 
 
 def test_a_restart_sees_the_same_library(library, styles_dir):
     catalog, clock = library
     catalog.publish(manifest(), lora_bytes(styles_dir))
     catalog.update_state("xmas-sweater", retired=True)
-    reopened = StyleCatalog(catalog.directory, clock=clock)
+    reopened = StyleCatalog(catalog.location, clock=clock)
     assert [reopened.status(i) for i in reopened.ids()] == [catalog.status(i) for i in catalog.ids()]

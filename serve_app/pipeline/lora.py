@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load as load_safetensors
 
 
 def adapter_name(versioned_id: str) -> str:
@@ -34,12 +33,13 @@ class StyleAdapters:
         with self._lock:
             return adapter_name(versioned_id) in self.loaded() and versioned_id not in self._released
 
-    def load(self, versioned_id: str, lora_path: Path) -> None:
+    def load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None:
+        """Load the style's LoRA (``read_lora`` returns the safetensors bytes; called only if not loaded yet)."""
         name = adapter_name(versioned_id)
         with self._lock:
             self._released.discard(versioned_id)
             if name not in self.loaded():
-                self.pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name, adapter_name=name)
+                self.pipe.load_lora_weights(load_safetensors(read_lora()), adapter_name=name)
 
     def release(self, versioned_id: str) -> None:
         """Unload now, or when the last run pinning the style ends. Idempotent."""

@@ -91,7 +91,7 @@ class PortraitPipeline:
         with stage("preprocess"):
             reference = preprocess(self.models, image, self.limits)
         plan = make_plan(style, options, reference, seed)
-        self.adapters.load(style.versioned_id, style.lora_path)
+        self.adapters.load(style.versioned_id, style.read_lora)
         with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
             with stage("layout"):
                 layout = generate_layout(
