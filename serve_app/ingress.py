@@ -12,10 +12,8 @@ import base64
 import binascii
 import json
 import logging
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +30,7 @@ from starlette.formparsers import MultiPartParser
 from deployments.metrics import in_flight_gauge
 from serve_app.admin import router as admin_router
 from deployments.staged import PortraitJob
+from serve_app.pipeline.portrait import resolve_seed
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -235,29 +234,34 @@ class PortraitIngress:
     async def create_portrait(self, request: Request):
         image, options = await read_portrait_request(request, self.args.max_image_bytes)
         style = self.catalog.get(options.style)
-        seed = secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
+        seed = resolve_seed(options)
         # Serve's proxy assigns (or keeps the client's) x-request-id and echoes it as the X-Request-ID header.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         job = PortraitJob(request_id=request_id, style=style.versioned_id, options=options, seed=seed)
         logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", job.request_id, job.style, len(image),
                     options.num_candidates, options.top_k)
         if "text/event-stream" in request.headers.get("accept", ""):
+            self._check_capacity()  # an overloaded stream request gets a 503 too, before the stream starts
             return StreamingResponse(self._event_stream(job, image), media_type="text/event-stream")
-        async with self._admitted():
+        self._admit()
+        try:
             result = await self._run_with_timeout(job, image, emit=None)
+        finally:
+            self._release()
         return JSONResponse(result.model_dump())
 
-    @asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
+    def _check_capacity(self) -> None:
         if self.in_flight >= self.args.max_in_flight:
             raise OverloadedError(f"{self.in_flight} requests are in progress; retry shortly")
+
+    def _admit(self) -> None:
+        self._check_capacity()
         self.in_flight += 1
         self.in_flight_gauge.set(self.in_flight)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self.in_flight_gauge.set(self.in_flight)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.in_flight_gauge.set(self.in_flight)
 
     async def _event_stream(self, job: PortraitJob, image: bytes) -> AsyncIterator[str]:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -267,8 +271,13 @@ class PortraitIngress:
 
         async def produce() -> None:
             try:
-                async with self._admitted():
-                    result = await self._run_with_timeout(job, image, emit)
+                self._admit()
+            except OverloadedError as error:
+                await emit("error", error.to_dict())
+                await queue.put(None)
+                return
+            try:
+                result = await self._run_with_timeout(job, image, emit)
                 await emit("result", result.model_dump())
             except Exception as exception:  # headers are sent: errors go in-band
                 error = client_error(exception)
@@ -277,6 +286,7 @@ class PortraitIngress:
                     error = InternalError("internal error; the request id is in the X-Request-ID header")
                 await emit("error", error.to_dict())
             finally:
+                self._release()
                 await queue.put(None)
 
         producer = asyncio.create_task(produce())

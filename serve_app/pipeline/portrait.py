@@ -41,6 +41,11 @@ class PortraitRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def resolve_seed(options: PortraitOptions) -> int:
+    """The request's seed, or a random one leaving room for its candidates' seeds (seed + i)."""
+    return secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
+
+
 def make_plan(style: Style, options: PortraitOptions, reference: Reference, seed: int) -> SamplingPlan:
     defaults = style.manifest.defaults
     return SamplingPlan(
@@ -74,7 +79,7 @@ class PortraitPipeline:
         self, image: bytes, style: Style, options: PortraitOptions, on_event: ProgressCallback | None = None
     ) -> PortraitRun:
         emit = on_event or (lambda event: None)
-        seed = secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
+        seed = resolve_seed(options)
         timings: dict[str, float] = {}
 
         @contextmanager
