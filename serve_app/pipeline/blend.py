@@ -66,7 +66,9 @@ class BlendRun:
         self.pipe, self.plans = pipe, list(plans)
         self.latents, self.masks = torch.cat(list(latents)), torch.cat(list(masks))
         self.weights = torch.tensor(
-            [plan.identity_weight for plan in plans for _ in plan.seeds], dtype=self.latents.dtype
+            [plan.identity_weight for plan in plans for _ in plan.seeds],
+            dtype=self.latents.dtype,
+            device=self.latents.device,
         ).view(-1, 1, 1, 1)
         self.conditioning = encode_conditioning(pipe, plans)
         self.scheduler = make_scheduler(pipe, schedule.steps)
