@@ -74,8 +74,7 @@ async def publish_style(request: Request, manifest: UploadFile, lora: UploadFile
 
 @router.get("/styles", response_model=list[StyleStatus], summary="Every style with its status")
 async def list_all_styles(request: Request) -> list[StyleStatus]:
-    styles = catalog(request)
-    return [styles.status(style_id) for style_id in styles.ids() if styles.versions(style_id)]
+    return catalog(request).statuses()
 
 
 @router.patch("/styles/{style_id}", response_model=StyleStatus, summary="Schedule window and default version")

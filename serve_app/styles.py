@@ -250,7 +250,8 @@ class StyleCatalog:
             raise UnknownStyleError(f"unknown style version {versioned_id!r}")
         return found
 
-    def status(self, style_id: str) -> StyleStatus:
+    def _read(self, style_id: str) -> tuple[StyleStatus, dict[int, Style]]:
+        """A style's status and versions, from one read of its folder."""
         versions = self.versions(style_id)
         if not versions:
             raise UnknownStyleError(f"unknown style {style_id!r}; available: {', '.join(self.live_ids()) or 'none'}")
@@ -268,27 +269,44 @@ class StyleCatalog:
             status = "expired"
         else:
             status = "live"
-        return StyleStatus(
+        found = StyleStatus(
             id=style_id, status=status, default_version=default, versions=list(versions),
             available_from=start, available_until=end, title=manifest.title,
         )
+        return found, versions
 
-    def live_ids(self) -> list[str]:
-        return [i for i in self.ids() if self.versions(i) and self.status(i).status == "live"]
+    def status(self, style_id: str) -> StyleStatus:
+        return self._read(style_id)[0]
+
+    def statuses(self) -> list[StyleStatus]:
+        """Every style with versions, whatever its status (the admin listing)."""
+        return [self.status(i) for i in self.ids() if self.versions(i)]
 
     def list(self) -> list[Style]:
         """The default version of every style live now."""
-        return [self.versions(i)[self.status(i).default_version] for i in self.live_ids()]
+        live = []
+        for style_id in self.ids():
+            if self.versions(style_id):
+                status, versions = self._read(style_id)
+                if status.status == "live":
+                    live.append(versions[status.default_version])
+        return live
+
+    def live_ids(self) -> list[str]:
+        return [style.manifest.id for style in self.list()]
 
     def get(self, style: str) -> Style:
         """The style a request names, ``id`` (its default version) or ``id@version``, if usable now."""
         style_id, _, version = style.partition("@")
-        status = self.status(style_id)
+        status, versions = self._read(style_id)
         if status.status != "live":
             raise StyleNotAvailableError(f"style {style_id!r} is {status.status}", status.status)
         if not version:
-            return self.versions(style_id)[status.default_version]
-        return self.version(style)
+            return versions[status.default_version]
+        found = versions.get(int(version)) if version.isdigit() else None
+        if found is None:
+            raise UnknownStyleError(f"unknown style version {style!r}; versions: {list(versions)}")
+        return found
 
     # -- writing -------------------------------------------------------------------------------------------
     def publish(self, manifest: StyleManifest, lora: bytes) -> Style:

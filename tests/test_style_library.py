@@ -117,3 +117,11 @@ def test_a_restart_sees_the_same_library(library, styles_dir):
     catalog.update_state("xmas-sweater", retired=True)
     reopened = StyleCatalog(catalog.location, clock=clock)
     assert [reopened.status(i) for i in reopened.ids()] == [catalog.status(i) for i in catalog.ids()]
+
+
+@pytest.mark.parametrize("pin", ["film-noir@7", "film-noir@latest", "film-noir@-1"])
+def test_unknown_versions_are_404(library, pin):
+    catalog, _ = library
+    with pytest.raises(UnknownStyleError) as error:
+        catalog.get(pin)
+    assert (error.value.code, error.value.http_status) == ("unknown_style", 404)
