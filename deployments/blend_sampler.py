@@ -15,13 +15,14 @@ from ray import serve
 from deployments.layout_generator import PlannedLayout
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
-from deployments.staged import Staged, stopwatch
+from deployments.staged import Staged
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.blend import BlendRun
 from serve_app.pipeline.fusion import Candidate, make_candidates
 from serve_app.pipeline.lora import StyleAdapters
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.sampling import schedule_groups
+from serve_app.pipeline.timing import stopwatch
 from serve_app.schemas import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
-from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
-from serve_app.pipeline.fusion import Candidate, FusionRanker as Ranker, RankedPortrait
+from deployments.staged import PortraitJob, Staged, merged_timings
+from serve_app.pipeline.fusion import Candidate, RankedPortrait
+from serve_app.pipeline.fusion import FusionRanker as Ranker
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.preprocess import Reference
+from serve_app.pipeline.timing import stopwatch
 from serve_app.schemas import PortraitAppArgs
 
 STAGE = "fusion"

@@ -8,7 +8,7 @@ from ray import serve
 
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
-from deployments.staged import PortraitJob, Staged, merged_timings, stopwatch
+from deployments.staged import PortraitJob, Staged, merged_timings
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts
 from serve_app.pipeline.lora import StyleAdapters
@@ -17,6 +17,7 @@ from serve_app.pipeline.models import load_models
 from serve_app.pipeline.portrait import make_plan, style_prior
 from serve_app.pipeline.preprocess import Reference
 from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
+from serve_app.pipeline.timing import stopwatch
 from serve_app.schemas import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
-from deployments.staged import Staged, stopwatch
+from deployments.staged import Staged
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.pipeline.timing import stopwatch
 from serve_app.schemas import PortraitAppArgs
 
 STAGE = "preprocess"

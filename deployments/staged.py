@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -27,14 +24,6 @@ class PortraitJob:
 class Staged(Generic[T]):
     value: T
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@contextmanager
-def stopwatch(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Record the block's wall time in milliseconds under ``stage``."""
-    start = time.perf_counter()
-    yield
-    timings[stage] = round((time.perf_counter() - start) * 1000, 1)
 
 
 def merged_timings(*inputs: Staged) -> dict[str, float]:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
-from deployments.staged import PortraitJob, Staged, stopwatch
+from deployments.staged import PortraitJob, Staged
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.models import load_models
+from serve_app.pipeline.timing import stopwatch
 from serve_app.pipeline.upscale import upscale_portrait
 from serve_app.schemas import PortraitAppArgs, PortraitImage
 

@@ -14,13 +14,13 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from serve_app.admin import ADMIN_TOKEN_ENV
 from serve_app.pipeline.errors import PortraitError
 from serve_app.pipeline.images import encode_png
+from serve_app.pipeline.lora_validation import validate_lora
 from serve_app.pipeline.models import PROFILES, load_models
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
-from serve_app.admin import ADMIN_TOKEN_ENV
-from serve_app.pipeline.lora_validation import validate_lora
 from serve_app.styles import MANIFEST_FILE, StyleCatalog, load_style_folder
 
 DEFAULT_STYLES_DIR = Path("styles")

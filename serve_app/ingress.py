@@ -28,9 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 from deployments.metrics import in_flight_gauge
-from serve_app.admin import router as admin_router
 from deployments.staged import PortraitJob
-from serve_app.pipeline.portrait import resolve_seed
+from serve_app.admin import router as admin_router
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -40,6 +39,7 @@ from serve_app.pipeline.errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from serve_app.pipeline.portrait import resolve_seed
 from serve_app.schemas import (
     ErrorResponse,
     GeneratedPortrait,

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 import yaml
+from conftest import ADMIN_TOKEN
 from safetensors.torch import save
 from starlette.requests import Request
 
-from conftest import ADMIN_TOKEN
 from serve_app.admin import require_admin
 from serve_app.pipeline.errors import AdminDisabledError
 from serve_app.pipeline.models import tiny

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from serve_app.app import PortraitConfigError, build_app, parse_args
 
 

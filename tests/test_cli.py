@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from serve_app.__main__ import main
 from serve_app.pipeline.portrait import STAGES
 
@@ -73,7 +73,6 @@ def test_bad_requests_fail_with_a_clear_message(tmp_path, capsys, arguments, mes
 
 def test_faceless_image_is_a_no_face_error(tmp_path, capsys):
     import skimage.data
-
     from conftest import png_bytes
 
     cat = tmp_path / "cat.png"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-
 from conftest import packaged_image
+
 from serve_app.pipeline.fusion import PLACED_BY_LAYOUT, PLACED_ON_FACE, Candidate, FusionRanker
 from serve_app.pipeline.masks import prior_ellipse, soft_ellipse_mask
 from serve_app.pipeline.preprocess import preprocess

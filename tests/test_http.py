@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 import skimage.data
+from conftest import png_bytes
 from PIL import Image
 
-from conftest import png_bytes
 from serve_app.pipeline.portrait import STAGES
 
 pytestmark = pytest.mark.usefixtures("serve_url")

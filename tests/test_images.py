@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from PIL import Image
 
-from conftest import png_bytes
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
     ImageTooSmallError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from conftest import packaged_image, png_bytes
+
 from serve_app.pipeline.beautify import smooth_skin
 from serve_app.pipeline.errors import NoFaceError
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE

@@ -4,10 +4,9 @@ concurrent publishers and restarts."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-
-import uuid
 
 import fsspec
 import pytest

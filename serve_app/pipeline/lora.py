@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load as load_safetensors
 

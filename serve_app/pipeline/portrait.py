@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,25 +17,22 @@ from serve_app.pipeline.masks import Ellipse, prior_ellipse
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference, preprocess
 from serve_app.pipeline.sampling import SamplingPlan
+from serve_app.pipeline.timing import stopwatch
 from serve_app.pipeline.upscale import upscale_portrait
 from serve_app.schemas import PortraitOptions
 from serve_app.styles import Style
 
 STAGES = ("preprocess", "layout", "blend", "fusion", "upscale")
 
-ProgressCallback = Callable[[dict], None]
-"""Receives events: {"event": "stage_started"|"stage_finished", "stage"} and {"event": "step", "stage", "step", "total"}."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class PortraitRun:
     style: Style
     seed: int
     plan: SamplingPlan
-    reference: Reference | None = None
-    layout: Layout | None = None
-    portraits: list[RankedPortrait] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    reference: Reference
+    layout: Layout
+    portraits: list[RankedPortrait]
+    timings: dict[str, float]
 
 
 def resolve_seed(options: PortraitOptions) -> int:
@@ -75,39 +69,22 @@ class PortraitPipeline:
         self.adapters = StyleAdapters(models.diffusion)
         self.ranker = FusionRanker(models.faces)
 
-    def generate(
-        self, image: bytes, style: Style, options: PortraitOptions, on_event: ProgressCallback | None = None
-    ) -> PortraitRun:
-        emit = on_event or (lambda event: None)
+    def generate(self, image: bytes, style: Style, options: PortraitOptions) -> PortraitRun:
         seed = resolve_seed(options)
         timings: dict[str, float] = {}
-
-        @contextmanager
-        def stage(name: str) -> Iterator[None]:
-            emit({"event": "stage_started", "stage": name})
-            start = time.perf_counter()
-            yield
-            timings[name] = round((time.perf_counter() - start) * 1000, 1)
-            emit({"event": "stage_finished", "stage": name, "ms": timings[name]})
-
-        def steps(name: str) -> Callable[[int, int], None]:
-            return lambda done, total: emit({"event": "step", "stage": name, "step": done, "total": total})
-
-        with stage("preprocess"):
+        with stopwatch(timings, "preprocess"):
             reference = preprocess(self.models, image, self.limits)
         plan = make_plan(style, options, reference, seed)
         self.adapters.load(style.versioned_id, style.read_lora)
         with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
-            with stage("layout"):
-                layout = generate_layout(
-                    self.models.diffusion, self.models.faces, plan, style_prior(style, plan.size), steps("layout")
-                )
-            with stage("blend"):
-                images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks, steps("blend"))
-        with stage("fusion"):
+            with stopwatch(timings, "layout"):
+                layout = generate_layout(self.models.diffusion, self.models.faces, plan, style_prior(style, plan.size))
+            with stopwatch(timings, "blend"):
+                images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks)
+        with stopwatch(timings, "fusion"):
             candidates = make_candidates(images, plan.seeds, layout.masks)
             ranked = self.ranker.rank(candidates, reference, options.top_k)
-        with stage("upscale"):
+        with stopwatch(timings, "upscale"):
             portraits = [self._upscaled(portrait, options.upscale) for portrait in ranked]
         return PortraitRun(style, seed, plan, reference, layout, portraits, timings)
 
