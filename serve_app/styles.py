@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,11 +250,8 @@ class StyleCatalog:
             raise UnknownStyleError(f"unknown style version {versioned_id!r}")
         return found
 
-    def _read(self, style_id: str) -> tuple[StyleStatus, dict[int, Style]]:
-        """A style's status and versions, from one read of its folder."""
-        versions = self.versions(style_id)
-        if not versions:
-            raise UnknownStyleError(f"unknown style {style_id!r}; available: {', '.join(self.live_ids()) or 'none'}")
+    def _status_of(self, style_id: str, versions: dict[int, Style]) -> StyleStatus:
+        """A style's status from its (non-empty) versions and its state."""
         state = self.state(style_id)
         default = state.default_version if state.default_version in versions else max(versions)
         manifest = versions[default].manifest
@@ -269,28 +266,35 @@ class StyleCatalog:
             status = "expired"
         else:
             status = "live"
-        found = StyleStatus(
+        return StyleStatus(
             id=style_id, status=status, default_version=default, versions=list(versions),
             available_from=start, available_until=end, title=manifest.title,
         )
-        return found, versions
+
+    def _read(self, style_id: str) -> tuple[StyleStatus, dict[int, Style]]:
+        """A style's status and versions, from one read of its folder."""
+        versions = self.versions(style_id)
+        if not versions:
+            raise UnknownStyleError(f"unknown style {style_id!r}; available: {', '.join(self.live_ids()) or 'none'}")
+        return self._status_of(style_id, versions), versions
+
+    def _read_all(self) -> Iterator[tuple[StyleStatus, dict[int, Style]]]:
+        """Status and versions of every style that has versions, each folder read once."""
+        for style_id in self.ids():
+            versions = self.versions(style_id)
+            if versions:
+                yield self._status_of(style_id, versions), versions
 
     def status(self, style_id: str) -> StyleStatus:
         return self._read(style_id)[0]
 
     def statuses(self) -> list[StyleStatus]:
-        """Every style with versions, whatever its status (the admin listing)."""
-        return [self.status(i) for i in self.ids() if self.versions(i)]
+        """Every style, whatever its status (the admin listing)."""
+        return [status for status, _ in self._read_all()]
 
     def list(self) -> list[Style]:
         """The default version of every style live now."""
-        live = []
-        for style_id in self.ids():
-            if self.versions(style_id):
-                status, versions = self._read(style_id)
-                if status.status == "live":
-                    live.append(versions[status.default_version])
-        return live
+        return [versions[status.default_version] for status, versions in self._read_all() if status.status == "live"]
 
     def live_ids(self) -> list[str]:
         return [style.manifest.id for style in self.list()]

@@ -118,7 +118,7 @@ class FaceAnalyzer:
         area = image[y0:y1, x0:x1]
         if area.shape[0] < 16 or area.shape[1] < 16:
             return []
-        upsample = self._upsampling(min_face or HOG_WINDOW * min(area.shape[:2]) / MIN_DETECTION_SIDE)
+        upsample = self._upsampling(min_face or self._photo_min_face(area))
         with self._lock:
             boxes = self._hog_boxes(area, upsample)
             if fallbacks and not boxes:
@@ -140,6 +140,11 @@ class FaceAnalyzer:
             return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
 
     @staticmethod
+    def _photo_min_face(image: np.ndarray) -> float:
+        """The smallest face worth finding in a photo: what HOG sees in a 320-px view of it."""
+        return HOG_WINDOW * min(image.shape[:2]) / MIN_DETECTION_SIDE
+
+    @staticmethod
     def _upsampling(min_face: float) -> int:
         """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
         return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
@@ -150,7 +155,7 @@ class FaceAnalyzer:
     def _padded_hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
         pad = int(max(image.shape[:2]) * TIGHT_CROP_PADDING)
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-        upsample = self._upsampling(HOG_WINDOW * min(padded.shape[:2]) / MIN_DETECTION_SIDE)
+        upsample = self._upsampling(self._photo_min_face(padded))
         return [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in self._hog_boxes(padded, upsample)]
 
     def _haar_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:

@@ -43,9 +43,9 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError, OSError) as exc:
-        if isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
-            raise ImageTooLargeError(f"image has too many pixels: {exc}") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageTooLargeError(f"image has too many pixels: {exc}") from None
+    except (UnidentifiedImageError, OSError):
         raise InvalidImageError("the data is not a decodable image") from None
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedImageFormatError(
