@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
-    pipe = load_models("tiny").diffusion
+    pipe = load_models().diffusion
     plan = SamplingPlan(
         prompt="studio portrait photo of a person",
         negative_prompt="blurry",

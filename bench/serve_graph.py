@@ -46,7 +46,7 @@ def in_process_runner(image: bytes, style: str, torch_threads: int | None):
     from serve_app.styles import StyleCatalog
 
     torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-    pipeline = PortraitPipeline(load_models("tiny"))
+    pipeline = PortraitPipeline(load_models())
     found = StyleCatalog(REPO / "styles").get(style)
     options = PortraitOptions(style=style, **FIELDS)
     pipeline.generate(image, found, options)  # warm-up: LoRA load, first-call allocations

@@ -38,7 +38,7 @@ class BlendResult:
 class BlendSampler:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
-        self.pipe = load_models(args.profile).diffusion
+        self.pipe = load_models(args.model_settings()).diffusion
         self.metrics = StageMetrics(STAGE)
         self.styles = StyleCache(
             StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute

@@ -36,7 +36,7 @@ class PlannedLayout:
 class LayoutGenerator:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
-        models = load_models(args.profile)
+        models = load_models(args.model_settings())
         self.pipe, self.faces = models.diffusion, models.faces
         self.metrics = StageMetrics(STAGE)
         self.styles = StyleCache(

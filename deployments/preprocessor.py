@@ -17,7 +17,7 @@ STAGE = "preprocess"
 class Preprocessor:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
-        self.models = load_models(args.profile)
+        self.models = load_models(args.model_settings())
         self.models.faces, self.models.identity_encoder, self.models.face_restorer  # build now, not on request 1
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
         self.metrics = StageMetrics(STAGE)

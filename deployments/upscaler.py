@@ -26,7 +26,7 @@ class EncodedPortrait:
 class Upscaler:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
-        self.models = load_models(args.profile)
+        self.models = load_models(args.model_settings())
         self.models.upscalers, self.models.face_restorer  # build now, not on request 1
         self.metrics = StageMetrics(STAGE)
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m serve_app generate …`` runs the five stages in process; ``styles`` lists styles."""
+"""Command line: ``python -m serve_app generate …`` runs the five stages in process; ``styles`` lists, validates
+and publishes styles; ``weights`` fetches and verifies the production weights."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ from serve_app.admin import ADMIN_TOKEN_ENV
 from serve_app.pipeline.errors import PortraitError
 from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.lora_validation import validate_lora
-from serve_app.pipeline.models import PROFILES, load_models
+from serve_app.pipeline.models import PROFILES, ModelSettings, load_models
+from serve_app.pipeline.models.production import ProductionWeights, verify_loadable
+from serve_app.pipeline.models.weights import (
+    DEFAULT_MANIFEST,
+    WeightsError,
+    check_files,
+    fetch,
+    load_manifest,
+    require_files,
+)
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
 from serve_app.styles import MANIFEST_FILE, StyleCatalog, load_style_folder
@@ -67,7 +77,7 @@ def command_generate(args: argparse.Namespace) -> int:
         identity_weight=args.identity_weight,
     )
     image = args.image.read_bytes() if args.image else sample_face()
-    pipeline = PortraitPipeline(load_models(args.profile))
+    pipeline = PortraitPipeline(load_models(model_settings(args)))
     run = pipeline.generate(image, catalog.get(options.style), options)
     summary = write_run(run, args.out)
     print(summary.model_dump_json(indent=2))
@@ -84,9 +94,35 @@ def command_styles(args: argparse.Namespace) -> int:
 def command_validate(args: argparse.Namespace) -> int:
     """Offline: the manifest, and the LoRA checked and dry-run loaded on the profile's base model."""
     style = load_style_folder(args.folder)
-    summary = validate_lora(load_models(args.profile).diffusion, style.read_lora())
+    summary = validate_lora(load_models(model_settings(args)).diffusion, style.read_lora())
     print(f"{args.folder}: valid style {style.manifest.id!r} (LoRA rank {summary.rank}, {summary.tensors} tensors)")
     return 0
+
+
+def command_weights_fetch(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest)
+    stored = fetch(args.dir, manifest)
+    print(f"{args.dir}: stored {len(stored)} file(s){': ' + ', '.join(stored) if stored else ' (all present and intact)'}")
+    return command_weights_verify(args)
+
+
+def command_weights_verify(args: argparse.Namespace) -> int:
+    """Offline: every file present with its recorded sha256, then every model loaded once."""
+    manifest = load_manifest(args.manifest)
+    problems = check_files(args.dir, manifest)
+    if not problems and not args.skip_loading:
+        problems = verify_loadable(ProductionWeights(args.dir, manifest))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.dir}: {sum(1 for _ in manifest.entries())} files intact, {len(manifest.models)} models usable")
+    return 1 if problems else 0
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    if args.profile == "production":
+        require_files(args.weights_dir, load_manifest(args.manifest))
+    return ModelSettings(profile=args.profile, weights_dir=args.weights_dir, weights_manifest=args.manifest)
 
 
 def command_publish(args: argparse.Namespace) -> int:
@@ -122,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=int, help="denoising steps (default: the style's)")
     generate.add_argument("--identity-weight", type=float, help="λ (default: the style's)")
     generate.add_argument("--subject", default="a person", help="fills {subject} in the style prompt")
-    generate.add_argument("--profile", default="tiny", choices=PROFILES, help="model profile (default tiny)")
+    add_profile_arguments(generate)
     generate.set_defaults(handler=command_generate)
 
     styles = commands.add_parser("styles", help="list styles (live now); validate or publish a style folder")
@@ -130,14 +166,30 @@ def parser() -> argparse.ArgumentParser:
     curation = styles.add_subparsers(dest="action")
     validate = curation.add_parser("validate", help="check a style folder offline (manifest + LoRA dry-run load)")
     validate.add_argument("folder", type=Path)
-    validate.add_argument("--profile", default="tiny", choices=PROFILES, help="base model to load onto")
+    add_profile_arguments(validate)
     validate.set_defaults(handler=command_validate)
     publish = curation.add_parser("publish", help="publish a style folder to a running service")
     publish.add_argument("folder", type=Path)
     publish.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default: local)")
     publish.add_argument("--token", default=os.environ.get(ADMIN_TOKEN_ENV), help=f"admin token (default: ${ADMIN_TOKEN_ENV})")
     publish.set_defaults(handler=command_publish)
+
+    weights = commands.add_parser("weights", help="production weights: fetch from the Hugging Face Hub, verify")
+    actions = weights.add_subparsers(dest="action", required=True)
+    fetch_command = actions.add_parser("fetch", help="download what is missing or corrupt (needs network), then verify")
+    verify_command = actions.add_parser("verify", help="offline: presence, sha256 and loadability of every model")
+    for command, handler in ((fetch_command, command_weights_fetch), (verify_command, command_weights_verify)):
+        command.add_argument("--dir", type=Path, required=True, help="the weights folder")
+        command.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="default: configs/weights.yaml")
+        command.add_argument("--skip-loading", action="store_true", help="check files and hashes only")
+        command.set_defaults(handler=handler)
     return root
+
+
+def add_profile_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--profile", default="tiny", choices=PROFILES, help="model profile (default tiny)")
+    command.add_argument("--weights-dir", type=Path, help="production weights folder (profile production)")
+    command.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="default: configs/weights.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except PortraitError as error:
         print(json.dumps(error.to_dict()), file=sys.stderr)
         return 2
-    except (ValidationError, ValueError, httpx.HTTPError) as error:
+    except (ValidationError, ValueError, httpx.HTTPError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from serve_app.pipeline.models import ModelSettings
 
 MAX_CANDIDATES = 8
 
@@ -72,6 +76,12 @@ class PortraitAppArgs(BaseModel):
         "styles", description="the style library: a local folder (relative to the working dir) or an fsspec URL"
     )
     weights_dir: Path | None = Field(None, description="production weights folder (production profile only)")
+    weights_manifest: Path | None = Field(None, description="the weights manifest; default configs/weights.yaml")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: the GPU when there is one")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="diffusion and image-model precision; auto: float16 on a GPU, float32 on a CPU"
+    )
+    compile_unet: bool = Field(False, description="torch.compile the UNet; styles then hot-swap into one LoRA slot")
     lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
     max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")
@@ -91,7 +101,7 @@ class PortraitAppArgs(BaseModel):
         # Replicas do not share the builder's working directory; URLs (s3://, gs://, memory://…) stay as given.
         return value if "://" in value else str(Path(value).expanduser().resolve())
 
-    @field_validator("weights_dir")
+    @field_validator("weights_dir", "weights_manifest")
     @classmethod
     def _absolute_weights(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -102,6 +112,25 @@ class PortraitAppArgs(BaseModel):
         from serve_app.pipeline.models import check_profile
 
         return check_profile(value)
+
+    @model_validator(mode="after")
+    def _production_needs_weights(self) -> PortraitAppArgs:
+        if self.profile == "production" and self.weights_dir is None:
+            raise ValueError("the production profile needs weights_dir (see `python -m serve_app weights fetch`)")
+        return self
+
+    def model_settings(self) -> ModelSettings:
+        from serve_app.pipeline.models import ModelSettings
+
+        return ModelSettings(
+            profile=self.profile,
+            weights_dir=self.weights_dir,
+            weights_manifest=self.weights_manifest,
+            device=self.device,
+            dtype=self.dtype,
+            compile_unet=self.compile_unet,
+            max_lora_rank=self.max_lora_rank,
+        )
 
 
 class PortraitJSONRequest(PortraitOptions):

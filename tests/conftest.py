@@ -32,7 +32,7 @@ def packaged_image(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def models() -> Models:
-    return load_models("tiny")
+    return load_models()
 
 
 @pytest.fixture(scope="session")

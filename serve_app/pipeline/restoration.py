@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import threading
+
 import cv2
 import numpy as np
+from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.beautify import feather
+from serve_app.pipeline.image_models import run_image_model
 
 
 class FaceRestorer(Protocol):
@@ -26,6 +30,23 @@ class ClassicalFaceRestorer:
         contrasted = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
         blurred = cv2.GaussianBlur(contrasted, (0, 0), 1.5)
         return cv2.addWeighted(contrasted, 1.4, blurred, -0.4, 0)
+
+
+class NetworkFaceRestorer:
+    """GFPGAN (or CodeFormer) through spandrel: the crop is resized to the network's square input (512² for
+    GFPGAN), restored in [-1, 1] as GFPGAN was trained, and resized back. One forward pass at a time."""
+
+    def __init__(self, model: ImageModelDescriptor) -> None:
+        self.model = model
+        self.side = max(model.size_requirements.minimum, 512)
+        self._lock = threading.Lock()
+
+    def restore(self, face: np.ndarray) -> np.ndarray:
+        height, width = face.shape[:2]
+        square = cv2.resize(face, (self.side, self.side), interpolation=cv2.INTER_CUBIC)
+        with self._lock:
+            restored = run_image_model(self.model, square, value_range=(-1, 1))
+        return cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def restore_region(

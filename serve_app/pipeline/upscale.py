@@ -4,20 +4,12 @@ of the face region pasted back with a feathered mask."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from spandrel import ImageModelDescriptor
 
+from serve_app.pipeline.image_models import run_image_model
 from serve_app.pipeline.restoration import FaceRestorer, restore_region
 
 FACE_RESTORATION_STRENGTH = 0.8
-
-
-@torch.inference_mode()
-def super_resolve(model: ImageModelDescriptor, image: np.ndarray) -> np.ndarray:
-    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-    tensor = tensor.to(model.device, next(model.model.parameters()).dtype)
-    output = model(tensor).clamp(0, 1)[0].permute(1, 2, 0)
-    return (output.float() * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def upscale_portrait(
@@ -31,7 +23,7 @@ def upscale_portrait(
     if scale != 1:
         if scale not in upscalers:
             raise ValueError(f"no upscaler for ×{scale}; available: {sorted(upscalers)}")
-        image = super_resolve(upscalers[scale], image)
+        image = run_image_model(upscalers[scale], image)
     if face_box is None:
         return image
     return restore_region(image, tuple(v * scale for v in face_box), restorer, FACE_RESTORATION_STRENGTH)

@@ -1,55 +1,85 @@
 """Every model the stages use, built in one place by profile.
 
-``tiny`` (the default for the demo, tests and CI) builds the diffusion parts, the IP-Adapter-FaceID weights, the
-ArcFace-signature recognizer and the RRDBNet upscalers from small configs with seeded random weights, and loads
-them through the same APIs production weights go through (``load_ip_adapter``, insightface's model zoo,
-spandrel). The vision models are real: dlib's detector, landmarks and face descriptor, OpenCV's cascades.
+- ``tiny`` (the default for the demo, tests and CI) builds the diffusion parts, the IP-Adapter-FaceID weights, the
+  ArcFace-signature recognizer and the RRDBNet upscalers from small configs with seeded random weights.
+- ``full-size`` builds the production architectures (SD1.5, IP-Adapter-FaceID SD1.5, an ArcFace-sized recognizer,
+  Real-ESRGAN x2plus/x4plus, GFPGAN v1.4) with seeded random weights and no files: for measuring speed.
+- ``production`` loads the real weights from a weights folder (``configs/weights.yaml``).
+
+All three go through the same loading APIs (``load_ip_adapter``, insightface's model zoo, spandrel) and the same
+placement (device, dtype, channels-last, optional compilation). The vision models used by every profile are real:
+dlib's detector, landmarks and face descriptor, OpenCV's cascades.
 """
 
 from __future__ import annotations
 
 import functools
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from spandrel import ImageModelDescriptor, ModelLoader
+from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.faces import FaceAnalyzer
-from serve_app.pipeline.models import tiny
+from serve_app.pipeline.models.execution import compile_unet, place_pipeline, resolve_device, resolve_dtype
 from serve_app.pipeline.models.identity_attention import install_gated_processors
-from serve_app.pipeline.restoration import ClassicalFaceRestorer, FaceRestorer
+from serve_app.pipeline.models.sources import ModelSource, model_source
+from serve_app.pipeline.restoration import FaceRestorer
 
-PROFILES = ("tiny",)
-UPSCALE_FACTORS = (2, 4)
+PROFILES = ("tiny", "full-size", "production")
+IDENTITY_LORA = "faceid_0"  # the LoRA IP-Adapter-FaceID checkpoints carry, as diffusers names it
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which models (profile, weights folder) and how they run (device, dtype, compilation)."""
+
+    profile: str = "tiny"
+    weights_dir: Path | None = None
+    weights_manifest: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    compile_unet: bool = False
+    max_lora_rank: int = 128
 
 
 class Models:
     """The models of one profile, each built on first use, so a stage's process builds only what it needs."""
 
-    def __init__(self, profile: str) -> None:
-        self.profile = check_profile(profile)
+    def __init__(self, settings: ModelSettings = ModelSettings()) -> None:
+        check_profile(settings.profile)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.source: ModelSource = model_source(settings, self.device, self.dtype)
+
+    @property
+    def profile(self) -> str:
+        return self.settings.profile
 
     @functools.cached_property
     def diffusion(self) -> StableDiffusionPipeline:
-        """SD1.5-shaped pipeline with IP-Adapter-FaceID loaded and per-sample gated identity attention."""
+        """SD1.5-class pipeline with IP-Adapter-FaceID loaded (its LoRA fused) and per-sample gated identity
+        attention, placed on the device; compiled when asked (styles then hot-swap into one LoRA slot)."""
         torch.set_grad_enabled(False)
-        pipe = tiny.build_diffusion_pipeline()
+        pipe = self.source.diffusion_pipeline()
         pipe.load_ip_adapter(
-            tiny.ip_adapter_faceid_state_dict(pipe.unet), subfolder=None, weight_name=None, image_encoder_folder=None
+            self.source.ip_adapter_state(pipe.unet), subfolder=None, weight_name=None, image_encoder_folder=None
         )
+        fuse_identity_lora(pipe)
         install_gated_processors(pipe.unet)
         pipe.set_progress_bar_config(disable=True)
+        place_pipeline(pipe, self.device, self.dtype)
+        if self.settings.compile_unet:
+            pipe.enable_lora_hotswap(target_rank=self.settings.max_lora_rank)
+            compile_unet(pipe)
         return pipe
 
     @functools.cached_property
     def identity_encoder(self) -> ArcFaceONNX:
-        with tempfile.TemporaryDirectory() as folder:
-            onnx_path = tiny.write_arcface_onnx(Path(folder) / "w600k_r50.onnx")
-            return get_model(str(onnx_path), providers=["CPUExecutionProvider"])
+        return self.source.identity_encoder()
 
     @functools.cached_property
     def faces(self) -> FaceAnalyzer:
@@ -57,14 +87,27 @@ class Models:
 
     @functools.cached_property
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
-        return {
-            scale: ModelLoader().load_from_state_dict(tiny.rrdbnet_state_dict(scale)).eval()
-            for scale in UPSCALE_FACTORS
-        }
+        return {scale: place_image_model(model, self.device) for scale, model in self.source.upscalers().items()}
 
     @functools.cached_property
     def face_restorer(self) -> FaceRestorer:
-        return ClassicalFaceRestorer()
+        return self.source.face_restorer()
+
+
+def fuse_identity_lora(pipe: StableDiffusionPipeline) -> None:
+    """IP-Adapter-FaceID was trained with a LoRA on the UNet; fuse it into the base weights so style LoRAs own
+    the adapter slots (``load_lora_weights`` would otherwise switch it off)."""
+    if IDENTITY_LORA in pipe.get_list_adapters().get("unet", []):
+        pipe.fuse_lora(adapter_names=[IDENTITY_LORA], lora_scale=1.0)
+        pipe.unload_lora_weights()
+
+
+def place_image_model(model: ImageModelDescriptor, device: torch.device) -> ImageModelDescriptor:
+    """On a GPU, half precision where the architecture supports it (spandrel says which)."""
+    model = model.to(device).eval()
+    if device.type == "cuda" and model.supports_half:
+        model = model.half()
+    return model
 
 
 def check_profile(profile: str) -> str:
@@ -74,6 +117,6 @@ def check_profile(profile: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def load_models(profile: str = "tiny") -> Models:
+def load_models(settings: ModelSettings = ModelSettings()) -> Models:
     """The process-wide models of a profile (each built on first use)."""
-    return Models(profile)
+    return Models(settings)

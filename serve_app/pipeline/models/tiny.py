@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from serve_app.pipeline.restoration import ClassicalFaceRestorer, FaceRestorer
+
 SEED = 20261125
 CROSS_ATTENTION_DIM = 32
 IDENTITY_EMBED_DIM = 512
@@ -86,12 +88,17 @@ def build_diffusion_pipeline() -> StableDiffusionPipeline:
 def build_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP BPE tokenizer with a character vocabulary and no merges, written to files and read
     back with ``from_pretrained`` (the path production tokenizers take)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer_files(Path(folder))
+        return CLIPTokenizer.from_pretrained(folder, pad_token="<|endoftext|>", model_max_length=77)
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """``vocab.json`` and ``merges.txt`` as SD1.5's ``tokenizer/`` folder holds them (characters, no merges)."""
     characters = list(bytes_to_unicode().values())
     tokens = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(folder, pad_token="<|endoftext|>", model_max_length=77)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
 def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
@@ -198,6 +205,11 @@ def rrdbnet_state_dict(scale: int) -> dict[str, torch.Tensor]:
     state["conv_last.weight"] = identity_conv(3, features)
     state["conv_last.bias"] = torch.zeros(3)
     return {"params_ema": state}
+
+
+def build_face_restorer(device: torch.device) -> FaceRestorer:
+    """Classical restoration: a random-weight GFPGAN would destroy the face (the device does not matter)."""
+    return ClassicalFaceRestorer()
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

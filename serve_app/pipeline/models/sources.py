@@ -1,0 +1,79 @@
+"""Where a profile's models come from: seeded random weights built in code (``tiny``, ``full-size``) or the
+files of a production weights folder (``production``, see ``production.py``)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from insightface.model_zoo import get_model
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from spandrel import ImageModelDescriptor, ModelLoader
+
+from serve_app.pipeline.models.execution import onnx_providers
+from serve_app.pipeline.restoration import FaceRestorer
+
+if TYPE_CHECKING:
+    from serve_app.pipeline.models import ModelSettings
+
+UPSCALE_FACTORS = (2, 4)
+
+
+class ModelSource(Protocol):
+    def diffusion_pipeline(self) -> StableDiffusionPipeline: ...
+
+    def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]: ...
+
+    def identity_encoder(self) -> ArcFaceONNX: ...
+
+    def upscalers(self) -> dict[int, ImageModelDescriptor]: ...
+
+    def face_restorer(self) -> FaceRestorer: ...
+
+
+class RandomWeights:
+    """A profile whose builders module (``tiny`` or ``full_size``) makes every model from a config with seeded
+    random weights; ONNX models are written to a temporary file and loaded through insightface's model zoo."""
+
+    def __init__(self, builders: ModuleType, device: torch.device, dtype: torch.dtype) -> None:
+        self.builders, self.device, self.dtype = builders, device, dtype
+
+    def diffusion_pipeline(self) -> StableDiffusionPipeline:
+        return self.builders.build_diffusion_pipeline()
+
+    def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
+        return self.builders.ip_adapter_faceid_state_dict(unet)
+
+    def identity_encoder(self) -> ArcFaceONNX:
+        with tempfile.TemporaryDirectory() as folder:
+            onnx_path = self.builders.write_arcface_onnx(Path(folder) / "w600k_r50.onnx")
+            return get_model(str(onnx_path), providers=onnx_providers())
+
+    def upscalers(self) -> dict[int, ImageModelDescriptor]:
+        loader = ModelLoader()
+        return {scale: loader.load_from_state_dict(self.builders.rrdbnet_state_dict(scale)) for scale in UPSCALE_FACTORS}
+
+    def face_restorer(self) -> FaceRestorer:
+        return self.builders.build_face_restorer(self.device)
+
+
+def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> ModelSource:
+    if settings.profile == "production":
+        from serve_app.pipeline.models.production import ProductionWeights
+        from serve_app.pipeline.models.weights import DEFAULT_MANIFEST, load_manifest
+
+        if settings.weights_dir is None:
+            raise ValueError("the production profile needs a weights folder (weights_dir)")
+        manifest = load_manifest(settings.weights_manifest or DEFAULT_MANIFEST)
+        return ProductionWeights(settings.weights_dir, manifest, dtype)
+    if settings.profile == "full-size":
+        from serve_app.pipeline.models import full_size
+
+        return RandomWeights(full_size, device, dtype)
+    from serve_app.pipeline.models import tiny
+
+    return RandomWeights(tiny, device, dtype)

@@ -1,0 +1,139 @@
+"""A production weights folder in miniature: every file ``configs/weights.yaml`` names, at the same path and in
+the same format as the real one, holding tiny random-weight models — so ``weights verify`` and every production
+loader run for real in CI. Pickle checkpoints are written as the hub has them (``.pth``/``.bin``) into a fake
+hub folder, so ``weights fetch`` converts them as it does the real downloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+from spandrel.architectures.GFPGAN import GFPGAN
+from tiny_onnx import write_inswapper_onnx, write_scrfd_onnx
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+from serve_app.pipeline.models import tiny
+from serve_app.pipeline.models.weights import WeightsManifest, load_manifest
+
+FACE_PARSING_LABELS = (
+    "background skin nose eye_g l_eye r_eye l_brow r_brow l_ear r_ear mouth u_lip l_lip hair hat ear_r neck_l neck "
+    "cloth"
+).split()
+IDENTITY_LORA_RANK = 4
+SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                  "unk_token": "<|endoftext|>"}
+
+
+def manifest_without_hashes() -> WeightsManifest:
+    """The real manifest (same models, files, conversions) minus the published hashes, which tiny files lack."""
+    data = load_manifest().model_dump()
+    for model in data["models"].values():
+        for weight in model["files"]:
+            weight["sha256"] = None
+    return WeightsManifest.model_validate(data)
+
+
+def write_hub(hub: Path, manifest: WeightsManifest) -> None:
+    """Every source file at ``hub/<repo>/<file>``, as the Hugging Face Hub serves them."""
+    sources = {
+        "base": write_base_model,
+        "ip_adapter_faceid": write_ip_adapter,
+        "face_detector": lambda folder, files: write_scrfd_onnx(folder / files[0]),
+        "face_recognizer": lambda folder, files: tiny.write_arcface_onnx(folder / files[0]),
+        "face_swapper": lambda folder, files: write_inswapper_onnx(folder / files[0]),
+        "face_parser": write_face_parser,
+        "upscaler_x2": lambda folder, files: torch.save(tiny.rrdbnet_state_dict(2), folder / files[0]),
+        "upscaler_x4": lambda folder, files: torch.save(tiny.rrdbnet_state_dict(4), folder / files[0]),
+        "face_restorer": lambda folder, files: torch.save({"params_ema": gfpgan_state_dict()}, folder / files[0]),
+    }
+    for name, model in manifest.models.items():
+        folder = hub / model.repo
+        files = [weight.file for weight in model.files]
+        for file in files:
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        sources[name](folder, files)
+        missing = [file for file in files if not (folder / file).is_file()]
+        assert not missing, f"the tiny {name} lacks {missing}"
+
+
+def hub_downloader(hub: Path):
+    """A ``weights.fetch`` downloader reading the fake hub (revision ignored)."""
+
+    def download(repo: str, file: str, revision: str, folder: Path) -> Path:
+        target = folder / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hub / repo / file, target)
+        return target
+
+    return download
+
+
+def write_base_model(folder: Path, files: list[str]) -> None:
+    """The diffusers folder with fp16 weight variants, tokenizer as slow-tokenizer files (vocab + merges)."""
+    pipe = tiny.build_diffusion_pipeline().to(torch.float16)
+    pipe.save_pretrained(folder, variant="fp16")
+    tokenizer = folder / "tokenizer"
+    shutil.rmtree(tokenizer)
+    tokenizer.mkdir()
+    tiny.write_tokenizer_files(tokenizer)
+    (tokenizer / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS))
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77, **SPECIAL_TOKENS}))
+
+
+def write_ip_adapter(folder: Path, files: list[str]) -> None:
+    """The pickled ``{"image_proj": …, "ip_adapter": …}`` of ip-adapter-faceid_sd15.bin, with its LoRA."""
+    unet = tiny.build_diffusion_pipeline().unet
+    state = tiny.ip_adapter_faceid_state_dict(unet)
+    state["ip_adapter"].update(identity_lora(unet))
+    torch.save(state, folder / files[0])
+
+
+def identity_lora(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """FaceID's LoRA keys: ``{k}.to_{q,k,v,out}_lora.{down,up}.weight`` for every attention processor k."""
+    generator = torch.Generator().manual_seed(tiny.SEED + 30)
+    lora = {}
+    for index, name in enumerate(unet.attn_processors):
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        for projection, layer in (("to_q", attention.to_q), ("to_k", attention.to_k), ("to_v", attention.to_v),
+                                  ("to_out", attention.to_out[0])):
+            lora[f"{index}.{projection}_lora.down.weight"] = torch.randn(
+                IDENTITY_LORA_RANK, layer.in_features, generator=generator
+            ) * 0.01
+            lora[f"{index}.{projection}_lora.up.weight"] = torch.randn(
+                layer.out_features, IDENTITY_LORA_RANK, generator=generator
+            ) * 0.01
+    return lora
+
+
+def write_face_parser(folder: Path, files: list[str]) -> None:
+    """A tiny SegFormer with the 19 CelebAMask-HQ labels of jonathandinu/face-parsing."""
+    torch.manual_seed(tiny.SEED + 31)
+    config = SegformerConfig(
+        num_channels=3,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 1],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        id2label=dict(enumerate(FACE_PARSING_LABELS)),
+        label2id={label: index for index, label in enumerate(FACE_PARSING_LABELS)},
+    )
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+
+
+def gfpgan_state_dict() -> dict[str, torch.Tensor]:
+    """GFPGAN v1.4's architecture (spandrel fixes its size) with seeded random weights."""
+    torch.manual_seed(tiny.SEED + 32)
+    model = GFPGAN(
+        out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+        num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
+    )
+    return model.state_dict()
