@@ -52,7 +52,7 @@ def batched_step_ms(pipe, plan: SamplingPlan, candidates: int, repeats: int = 3)
     timestep = scheduler.timesteps[plan.layout_steps]
     latents = initial_latents(pipe, plan.seeds, plan.size)
     masks = torch.ones(candidates, 1, *latents.shape[-2:])
-    step = lambda: blend_step(pipe, scheduler, latents, timestep, conditioning, masks, plan.identity_weight)  # noqa: E731
+    step = lambda: blend_step(pipe, scheduler, latents, timestep, conditioning, masks, plan.identity_weight)
     step()
     return statistics.median(timed_ms(step) for _ in range(repeats))
 

@@ -78,7 +78,7 @@ def served(config: Path, port: int, start_timeout_s: float = 300) -> Iterator[st
         while time.monotonic() < deadline:
             status = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status"], cwd=REPO, env=env,
                                     capture_output=True, text=True).stdout
-            if re.search(r"^    status: RUNNING", status, re.M):
+            if re.search(r"^    status: RUNNING", status, re.MULTILINE):
                 break
             time.sleep(2)
         else:

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import save_file
-from spandrel.architectures.GFPGAN import GFPGAN
 from tiny_onnx import write_inswapper_onnx, write_scrfd_onnx
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from serve_app.pipeline.models import tiny
+from serve_app.pipeline.models.full_size import gfpgan_state_dict
 from serve_app.pipeline.models.weights import WeightsManifest, load_manifest
 
-FACE_PARSING_LABELS = (
-    "background skin nose eye_g l_eye r_eye l_brow r_brow l_ear r_ear mouth u_lip l_lip hair hat ear_r neck_l neck "
-    "cloth"
-).split()
+FACE_PARSING_LABELS = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
 IDENTITY_LORA_RANK = 4
 SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                   "unk_token": "<|endoftext|>"}
@@ -127,13 +123,3 @@ def write_face_parser(folder: Path, files: list[str]) -> None:
         label2id={label: index for index, label in enumerate(FACE_PARSING_LABELS)},
     )
     SegformerForSemanticSegmentation(config).save_pretrained(folder)
-
-
-def gfpgan_state_dict() -> dict[str, torch.Tensor]:
-    """GFPGAN v1.4's architecture (spandrel fixes its size) with seeded random weights."""
-    torch.manual_seed(tiny.SEED + 32)
-    model = GFPGAN(
-        out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
-        num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
-    )
-    return model.state_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -88,7 +88,7 @@ def test_publish_live_then_version_then_retire(serve_url, sample_face, lora):
 
 def test_schedule_window_through_patch(serve_url, sample_face, lora):
     assert publish(serve_url, manifest_yaml("holiday-lights"), lora).status_code == 201
-    later = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     patched = httpx.patch(f"{serve_url}/admin/styles/holiday-lights", json={"available_from": later}, headers=AUTH)
     assert patched.status_code == 200 and patched.json()["status"] == "scheduled"
     refused = portrait(serve_url, sample_face, "holiday-lights")

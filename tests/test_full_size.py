@@ -16,7 +16,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from onnx import numpy_helper, shape_inference
 from spandrel import ModelLoader
 
-from serve_app.pipeline.models import full_size
+from serve_app.pipeline.models import full_size, tiny
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_diffusion_pipeline_is_sd15(meta_pipeline):
 
 
 def test_ip_adapter_faceid_sd15_shapes(meta_pipeline):
-    state = full_size.ip_adapter_faceid_state_dict(meta_pipeline.unet)
+    state = tiny.ip_adapter_faceid_state_dict(meta_pipeline.unet)
     image_proj, ip_adapter = state["image_proj"], state["ip_adapter"]
     assert image_proj["proj.0.weight"].shape == (1024, 512)
     assert image_proj["proj.2.weight"].shape == (768 * 4, 1024)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import fsspec
 import pytest
@@ -15,7 +15,7 @@ import yaml
 from serve_app.pipeline.errors import StyleNotAvailableError, UnknownStyleError
 from serve_app.styles import StyleCatalog, StyleManifest
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 class Clock:

@@ -11,7 +11,6 @@ from insightface.model_zoo.inswapper import INSwapper
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils.face_align import arcface_dst
 from onnx import numpy_helper
-
 from tiny_onnx import write_inswapper_onnx, write_scrfd_onnx
 
 CPU = ["CPUExecutionProvider"]

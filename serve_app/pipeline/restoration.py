@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import threading
+from typing import Protocol
 
 import cv2
 import numpy as np

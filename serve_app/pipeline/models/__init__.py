@@ -116,7 +116,7 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_models(settings: ModelSettings = ModelSettings()) -> Models:
     """The process-wide models of a profile (each built on first use)."""
     return Models(settings)

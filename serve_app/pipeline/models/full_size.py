@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from onnx import TensorProto, helper, numpy_helper
+from spandrel import ModelLoader
+from spandrel.architectures.GFPGAN import GFPGAN
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from serve_app.pipeline.models import tiny
+from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
 
 RRDB_FEATURES = 64
-RRDB_GROWTH = 32
 RRDB_BLOCKS = 23
 # IResNet-50 (insightface's w600k_r50): (width, blocks) per stage, each stage starting with a stride-2 block
 IRESNET50_STAGES = ((64, 3), (128, 4), (256, 14), (512, 3))
@@ -77,47 +79,7 @@ def build_diffusion_pipeline(
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    if dtype != torch.float32:  # diffusers' ModelMixin.to logs a warning for any dtype argument, even a no-op
-        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
-    return StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=DDIMScheduler(**tiny.SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
-    """Random IP-Adapter-FaceID weights shaped for ``unet`` (for SD1.5: ip-adapter-faceid_sd15 without its LoRA)
-    in the published key layout: ``image_proj`` (MLP + LayerNorm from the 512-d face embedding to 4 tokens of
-    ``unet.config.cross_attention_dim``) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per
-    cross-attention processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
-    generator = torch.Generator().manual_seed(tiny.SEED + 1)
-
-    def weight(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
-
-    cross_attention_dim = unet.config.cross_attention_dim
-    embed_dim, hidden = tiny.IDENTITY_EMBED_DIM, tiny.IDENTITY_EMBED_DIM * 2
-    image_proj = {
-        "proj.0.weight": weight(hidden, embed_dim),
-        "proj.0.bias": torch.zeros(hidden),
-        "proj.2.weight": weight(cross_attention_dim * tiny.IDENTITY_TOKENS, hidden),
-        "proj.2.bias": torch.zeros(cross_attention_dim * tiny.IDENTITY_TOKENS),
-        "norm.weight": torch.ones(cross_attention_dim),
-        "norm.bias": torch.zeros(cross_attention_dim),
-    }
-    ip_adapter = {}
-    for index, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            hidden_size = unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
-            for projection in ("to_k_ip", "to_v_ip"):
-                ip_adapter[f"{index}.{projection}.weight"] = weight(hidden_size, cross_attention_dim)
-    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+    return tiny.assemble_pipeline(unet, vae, text_encoder, tokenizer, dtype)
 
 
 def write_arcface_onnx(path: Path) -> Path:
@@ -190,47 +152,21 @@ def write_arcface_onnx(path: Path) -> Path:
     return path
 
 
-def rrdbnet_state_dict(
-    scale: int, features: int = RRDB_FEATURES, blocks: int = RRDB_BLOCKS
-) -> dict[str, dict[str, torch.Tensor]]:
-    """A Real-ESRGAN RRDBNet state dict (defaults: RealESRGAN_x4plus / x2plus, 16.7M parameters) with the official
-    basicsr key names (``conv_first``, ``body.i.rdbj.convk``, ``conv_up1`` …) wrapped in ``params_ema``; ×2
-    models see a pixel-unshuffled 12-channel input. Seeded weights: identity kernels on the image path and
-    basicsr's ``default_init_weights`` (Kaiming × 0.1) in the residual dense blocks, so the upscaler is a
-    nearest-neighbour upscaler plus a small random residual and outputs stay finite and viewable. ``features`` and
-    ``blocks`` size the network (``tiny`` uses 16 and 1)."""
-    generator = torch.Generator().manual_seed(tiny.SEED + 10 + scale)
-    in_channels = 3 * (4 if scale == 2 else 1)
+def rrdbnet_state_dict(scale: int) -> dict[str, dict[str, torch.Tensor]]:
+    """RealESRGAN_x4plus / x2plus-sized (64 features, 23 blocks, 16.7M parameters) random RRDBNet weights."""
+    return tiny.rrdbnet_state_dict(scale, features=RRDB_FEATURES, blocks=RRDB_BLOCKS)
 
-    def kaiming(out_channels: int, in_channels: int, gain: float = 0.1) -> torch.Tensor:
-        std = gain * (2.0 / (in_channels * 9)) ** 0.5
-        return torch.randn(out_channels, in_channels, 3, 3, generator=generator) * std
 
-    def identity_conv(out_channels: int, in_channels: int, pick: int = 1) -> torch.Tensor:
-        kernel = torch.zeros(out_channels, in_channels, 3, 3)
-        for channel in range(3):
-            for sub_pixel in range(pick):
-                kernel[channel, channel * pick + sub_pixel, 1, 1] = 1.0 / pick
-        return kernel
+def build_face_restorer(device: torch.device) -> FaceRestorer:
+    """GFPGAN v1.4's architecture with seeded random weights: production's restoration cost, not its output."""
+    return NetworkFaceRestorer(ModelLoader().load_from_state_dict(gfpgan_state_dict()).to(device).eval())
 
-    state = {
-        "conv_first.weight": identity_conv(features, in_channels, pick=in_channels // 3),
-        "conv_first.bias": torch.zeros(features),
-    }
-    for block in range(blocks):
-        for rdb in (1, 2, 3):
-            for conv in range(1, 6):
-                out_channels = features if conv == 5 else RRDB_GROWTH
-                prefix = f"body.{block}.rdb{rdb}.conv{conv}"
-                state[f"{prefix}.weight"] = kaiming(out_channels, features + (conv - 1) * RRDB_GROWTH)
-                state[f"{prefix}.bias"] = torch.zeros(out_channels)
-    # each RRDB returns 0.2 × (its input carried through three RDBs) + its input, ~1.2× its input: damp the trunk
-    # output by that growth so it stays a small residual on the image path
-    state["conv_body.weight"] = kaiming(features, features, gain=0.1 / 1.2**blocks)
-    state["conv_body.bias"] = torch.zeros(features)
-    for name in ("conv_up1", "conv_up2", "conv_hr"):
-        state[f"{name}.weight"] = identity_conv(features, features)
-        state[f"{name}.bias"] = torch.zeros(features)
-    state["conv_last.weight"] = identity_conv(3, features)
-    state["conv_last.bias"] = torch.zeros(3)
-    return {"params_ema": state}
+
+def gfpgan_state_dict() -> dict[str, torch.Tensor]:
+    """GFPGAN v1.4 (GFPGANv1Clean, 512², spandrel fixes its size) with seeded random weights."""
+    torch.manual_seed(tiny.SEED + 32)
+    model = GFPGAN(
+        out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+        num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
+    )
+    return model.state_dict()

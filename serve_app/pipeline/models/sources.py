@@ -14,6 +14,7 @@ from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from spandrel import ImageModelDescriptor, ModelLoader
 
+from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import onnx_providers
 from serve_app.pipeline.restoration import FaceRestorer
 
@@ -43,10 +44,10 @@ class RandomWeights:
         self.builders, self.device, self.dtype = builders, device, dtype
 
     def diffusion_pipeline(self) -> StableDiffusionPipeline:
-        return self.builders.build_diffusion_pipeline()
+        return self.builders.build_diffusion_pipeline(self.device, self.dtype)
 
     def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
-        return self.builders.ip_adapter_faceid_state_dict(unet)
+        return tiny.ip_adapter_faceid_state_dict(unet)  # shaped by the UNet: serves both profiles
 
     def identity_encoder(self) -> ArcFaceONNX:
         with tempfile.TemporaryDirectory() as folder:
@@ -74,6 +75,4 @@ def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dty
         from serve_app.pipeline.models import full_size
 
         return RandomWeights(full_size, device, dtype)
-    from serve_app.pipeline.models import tiny
-
     return RandomWeights(tiny, device, dtype)

@@ -37,9 +37,18 @@ SD15_SCHEDULER = {
 }
 
 
-def build_diffusion_pipeline() -> StableDiffusionPipeline:
-    """An SD1.5-shaped text-to-image pipeline with random weights (UNet latent ×8 VAE, 2-layer CLIP)."""
+def build_diffusion_pipeline(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
+    """An SD1.5-shaped text-to-image pipeline with random weights (UNet latent ×8 VAE, 2-layer CLIP), built on
+    ``device`` (seeded values differ between CPU and GPU builds)."""
     torch.manual_seed(SEED)
+    tokenizer = build_tokenizer()
+    with torch.device(device):
+        return assemble_pipeline(*build_tiny_models(tokenizer), tokenizer, dtype)
+
+
+def build_tiny_models(tokenizer: CLIPTokenizer) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
     unet = UNet2DConditionModel(
         sample_size=16,
         block_out_channels=(32, 64),
@@ -59,7 +68,6 @@ def build_diffusion_pipeline() -> StableDiffusionPipeline:
         norm_num_groups=8,
         sample_size=128,
     )
-    tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -73,6 +81,19 @@ def build_diffusion_pipeline() -> StableDiffusionPipeline:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    return unet, vae, text_encoder
+
+
+def assemble_pipeline(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    dtype: torch.dtype,
+) -> StableDiffusionPipeline:
+    """An SD1.5 text-to-image pipeline (DDIM, no safety checker) of random-weight parts, in ``dtype``."""
+    if dtype != torch.float32:  # diffusers' ModelMixin.to logs a warning for any dtype argument, even a no-op
+        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
     return StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -102,35 +123,32 @@ def write_tokenizer_files(folder: Path) -> None:
 
 
 def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
-    """Random IP-Adapter-FaceID weights in the published key layout: ``image_proj`` (MLP + LayerNorm from the
-    512-d face embedding to tokens) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per cross-attention
-    processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
+    """Random IP-Adapter-FaceID weights shaped for ``unet`` (for SD1.5: ip-adapter-faceid_sd15 without its LoRA; any UNet: tiny or full-size)
+    in the published key layout: ``image_proj`` (MLP + LayerNorm from the 512-d face embedding to 4 tokens of
+    ``unet.config.cross_attention_dim``) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per
+    cross-attention processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
     generator = torch.Generator().manual_seed(SEED + 1)
 
     def weight(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
 
-    hidden = IDENTITY_EMBED_DIM * 2
+    cross_attention_dim = unet.config.cross_attention_dim
+    embed_dim, hidden = IDENTITY_EMBED_DIM, IDENTITY_EMBED_DIM * 2
     image_proj = {
-        "proj.0.weight": weight(hidden, IDENTITY_EMBED_DIM),
+        "proj.0.weight": weight(hidden, embed_dim),
         "proj.0.bias": torch.zeros(hidden),
-        "proj.2.weight": weight(CROSS_ATTENTION_DIM * IDENTITY_TOKENS, hidden),
-        "proj.2.bias": torch.zeros(CROSS_ATTENTION_DIM * IDENTITY_TOKENS),
-        "norm.weight": torch.ones(CROSS_ATTENTION_DIM),
-        "norm.bias": torch.zeros(CROSS_ATTENTION_DIM),
+        "proj.2.weight": weight(cross_attention_dim * IDENTITY_TOKENS, hidden),
+        "proj.2.bias": torch.zeros(cross_attention_dim * IDENTITY_TOKENS),
+        "norm.weight": torch.ones(cross_attention_dim),
+        "norm.bias": torch.zeros(cross_attention_dim),
     }
     ip_adapter = {}
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn2.processor"):
-            hidden_size = _attention_hidden_size(unet, name)
+            hidden_size = unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
             for projection in ("to_k_ip", "to_v_ip"):
-                ip_adapter[f"{index}.{projection}.weight"] = weight(hidden_size, CROSS_ATTENTION_DIM)
+                ip_adapter[f"{index}.{projection}.weight"] = weight(hidden_size, cross_attention_dim)
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
-
-
-def _attention_hidden_size(unet: UNet2DConditionModel, processor_name: str) -> int:
-    module = unet.get_submodule(processor_name.removesuffix(".processor"))
-    return module.to_q.out_features
 
 
 def write_arcface_onnx(path: Path) -> Path:
@@ -140,8 +158,9 @@ def write_arcface_onnx(path: Path) -> Path:
     conv = rng.standard_normal((16, 3, 8, 8)).astype(np.float32) / 8.0
     dense = rng.standard_normal((16 * 14 * 14, IDENTITY_EMBED_DIM)).astype(np.float32) / 56.0
     nodes = [
-        helper.make_node("Sub", ["data", "mean"], ["centred"]),
-        helper.make_node("Mul", ["centred", "inv_std"], ["normalised"]),
+        # named Sub…/Mul… so ArcFaceONNX sees the in-graph normalisation and feeds raw pixels, as for w600k_r50
+        helper.make_node("Sub", ["data", "mean"], ["centred"], name="Sub_0"),
+        helper.make_node("Mul", ["centred", "inv_std"], ["normalised"], name="Mul_1"),
         helper.make_node("Conv", ["normalised", "conv_w"], ["features"], strides=[8, 8]),
         helper.make_node("Relu", ["features"], ["activated"]),
         helper.make_node("Flatten", ["activated"], ["flat"], axis=1),
@@ -167,17 +186,20 @@ def write_arcface_onnx(path: Path) -> Path:
     return path
 
 
-def rrdbnet_state_dict(scale: int) -> dict[str, torch.Tensor]:
-    """An RRDBNet state dict with the official basicsr/Real-ESRGAN key names (``conv_first``, ``body.i.rdbj``,
-    ``conv_up1`` …; ×2 models see a pixel-unshuffled 12-channel input). Weights are seeded: identity kernels on
-    the image channels plus small random dense blocks, so the tiny upscaler is a nearest-neighbour upscaler with a
-    random residual, and outputs stay viewable."""
+def rrdbnet_state_dict(
+    scale: int, features: int = RRDB_FEATURES, blocks: int = RRDB_BLOCKS
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A Real-ESRGAN RRDBNet state dict (``full_size`` sizes it as RealESRGAN_x4plus / x2plus: 64 features, 23 blocks, 16.7M parameters) with the official
+    basicsr key names (``conv_first``, ``body.i.rdbj.convk``, ``conv_up1`` …) wrapped in ``params_ema``; ×2
+    models see a pixel-unshuffled 12-channel input. Seeded weights: identity kernels on the image path and
+    basicsr's ``default_init_weights`` (Kaiming × 0.1) in the residual dense blocks, so the upscaler is a
+    nearest-neighbour upscaler plus a small random residual and outputs stay finite and viewable. """
     generator = torch.Generator().manual_seed(SEED + 10 + scale)
-    features, growth = RRDB_FEATURES, RRDB_GROWTH
     in_channels = 3 * (4 if scale == 2 else 1)
 
-    def small(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.01
+    def kaiming(out_channels: int, in_channels: int, gain: float = 0.1) -> torch.Tensor:
+        std = gain * (2.0 / (in_channels * 9)) ** 0.5
+        return torch.randn(out_channels, in_channels, 3, 3, generator=generator) * std
 
     def identity_conv(out_channels: int, in_channels: int, pick: int = 1) -> torch.Tensor:
         kernel = torch.zeros(out_channels, in_channels, 3, 3)
@@ -190,14 +212,16 @@ def rrdbnet_state_dict(scale: int) -> dict[str, torch.Tensor]:
         "conv_first.weight": identity_conv(features, in_channels, pick=in_channels // 3),
         "conv_first.bias": torch.zeros(features),
     }
-    for block in range(RRDB_BLOCKS):
+    for block in range(blocks):
         for rdb in (1, 2, 3):
             for conv in range(1, 6):
-                out_channels = features if conv == 5 else growth
+                out_channels = features if conv == 5 else RRDB_GROWTH
                 prefix = f"body.{block}.rdb{rdb}.conv{conv}"
-                state[f"{prefix}.weight"] = small(out_channels, features + (conv - 1) * growth, 3, 3)
+                state[f"{prefix}.weight"] = kaiming(out_channels, features + (conv - 1) * RRDB_GROWTH)
                 state[f"{prefix}.bias"] = torch.zeros(out_channels)
-    state["conv_body.weight"] = small(features, features, 3, 3)
+    # each RRDB returns 0.2 × (its input carried through three RDBs) + its input, ~1.2× its input: damp the trunk
+    # output by that growth so it stays a small residual on the image path
+    state["conv_body.weight"] = kaiming(features, features, gain=0.1 / 1.2**blocks)
     state["conv_body.bias"] = torch.zeros(features)
     for name in ("conv_up1", "conv_up2", "conv_hr"):
         state[f"{name}.weight"] = identity_conv(features, features)

@@ -8,6 +8,7 @@ converted) and ``DIR/weights.lock.json`` recording each stored file's sha256 and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -158,7 +159,7 @@ def fetch(folder: Path, manifest: WeightsManifest, download: Downloader = hub_do
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             try:
                 source = download(model.repo, weight.file, model.revision, Path(scratch))
-            except Exception as error:  # noqa: BLE001 — network, auth and not-found errors all name the file
+            except Exception as error:
                 raise WeightsError(f"{model.repo}/{weight.file}@{model.revision}: cannot download: {error}") from error
             source_sha256 = file_sha256(source)
             if weight.sha256 and source_sha256 != weight.sha256:
@@ -166,10 +167,8 @@ def fetch(folder: Path, manifest: WeightsManifest, download: Downloader = hub_do
                     f"{model.repo}/{weight.file}@{model.revision}: sha256 {source_sha256} is not the manifest's "
                     f"{weight.sha256}; the file changed upstream or the download is corrupt"
                 )
-            if weight.convert:
-                write_atomically(folder / relative, lambda path: convert_to_safetensors(source, path))
-            else:
-                write_atomically(folder / relative, lambda path: shutil.copyfile(source, path))
+            store = convert_to_safetensors if weight.convert else shutil.copyfile
+            write_atomically(folder / relative, functools.partial(store, source))
         record(folder, relative, f"{model.repo}/{weight.file}@{model.revision}", source_sha256)
         stored.append(relative)
     return stored
