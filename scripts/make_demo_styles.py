@@ -1,27 +1,37 @@
-"""Write the demo styles' LoRA files for the tiny base model (seeded, so re-running reproduces them).
+"""Write the demo styles' LoRA files (seeded, so re-running reproduces them) for a profile's base model: the
+tiny UNet (the shipped styles/) or SD1.5 (full-size, for benchmarks; real styles come from curators).
 
     python scripts/make_demo_styles.py styles/
+    python scripts/make_demo_styles.py /tmp/sd15-styles --profile full-size   # copy styles/ there first
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import zlib
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from serve_app.pipeline.models import tiny
+from serve_app.pipeline.models import full_size, tiny
 from serve_app.styles import StyleCatalog
 
 
-def main(directory: str) -> None:
-    unet = tiny.build_diffusion_pipeline().unet
-    for style_id in StyleCatalog(Path(directory), require_lora=False).ids():
-        path = Path(directory) / style_id / "lora.safetensors"
+def write_demo_loras(directory: Path, profile: str = "tiny") -> list[Path]:
+    builders = full_size if profile == "full-size" else tiny
+    unet = builders.build_diffusion_pipeline(device="meta").unet  # shapes only
+    written = []
+    for style_id in StyleCatalog(directory, require_lora=False).ids():
+        path = directory / style_id / "lora.safetensors"
         save_file(tiny.random_style_lora(unet, seed=zlib.crc32(style_id.encode())), path)
-        print(f"wrote {path}")
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "styles")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", type=Path, nargs="?", default=Path("styles"))
+    parser.add_argument("--profile", choices=("tiny", "full-size"), default="tiny")
+    arguments = parser.parse_args()
+    for written in write_demo_loras(arguments.directory, arguments.profile):
+        print(f"wrote {written}")

@@ -236,21 +236,17 @@ def build_face_restorer(device: torch.device) -> FaceRestorer:
     return ClassicalFaceRestorer()
 
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
 def random_style_lora(unet: UNet2DConditionModel, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
-    """A seeded random style LoRA for ``unet`` in diffusers key naming (``unet.<module>.lora.down.weight`` …),
-    as ``save_lora_weights`` writes it. peft's default init zeroes B (no visible effect), hence
-    ``init_lora_weights=False``. The adapter is removed from ``unet`` again."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    name = f"random_{seed}"
-    torch.manual_seed(seed)
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=LORA_TARGETS), adapter_name=name
-    )
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
-    unet.delete_adapters(name)
-    return {f"unet.{key}": tensor.contiguous() for key, tensor in state.items()}
+    """A seeded random style LoRA on every attention projection of ``unet`` in diffusers key naming
+    (``unet.<module>.lora.down.weight`` / ``.lora.up.weight``, as ``save_lora_weights`` writes it), sized from the
+    module shapes only (a UNet built on the meta device will do). Both factors are random: peft's default init
+    zeroes the up factor, which would have no visible effect."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
+            down = torch.randn(rank, module.in_features, generator=generator) / module.in_features**0.5
+            up = torch.randn(module.out_features, rank, generator=generator) / rank**0.5
+            state[f"unet.{name}.lora.down.weight"] = down
+            state[f"unet.{name}.lora.up.weight"] = up
+    return state
