@@ -16,22 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import torch
 import yaml
+from serving import REPO, post, served
 
-REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"num_candidates": 4, "top_k": 2, "seed": 1}
 
 
@@ -59,34 +52,8 @@ def in_process_runner(image: bytes, style: str, torch_threads: int | None):
     return run
 
 
-def post(url: str, image: bytes, style: str) -> float:
-    start = time.perf_counter()
-    response = httpx.post(url, files={"image": ("face.png", image)}, data={"style": style, **FIELDS}, timeout=600)
-    response.raise_for_status()
-    return (time.perf_counter() - start) * 1000
-
-
-@contextmanager
-def served(config: Path, port: int, start_timeout_s: float = 300) -> Iterator[str]:
-    """``serve run CONFIG`` exactly as the README starts the service; yields the portraits URL once every
-    deployment is RUNNING; always shuts Serve and its Ray instance down."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    process = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(config)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline:
-            status = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status"], cwd=REPO, env=env,
-                                    capture_output=True, text=True).stdout
-            if re.search(r"^    status: RUNNING", status, re.MULTILINE):
-                break
-            time.sleep(2)
-        else:
-            raise TimeoutError(f"the app did not reach RUNNING in {start_timeout_s} s")
-        yield f"http://127.0.0.1:{port}/v1/portraits"
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # serve run shuts the app and its Ray instance down on Ctrl-C
-        process.wait(timeout=120)
+def post_style(url: str, image: bytes, style: str) -> float:
+    return post(url, image, {"style": style, **FIELDS})[0]
 
 
 def main() -> None:
@@ -105,23 +72,23 @@ def main() -> None:
 
     with served(args.config, port) as url:
         for style in ("xmas-sweater", "film-noir"):
-            post(url, image, style)  # warm-up, and both styles cached
+            post_style(url, image, style)  # warm-up, and both styles cached
         # Interleaved, so both see the same machine (the idle Ray processes cost the in-process runs too).
         same, local = [], []
         for _ in range(args.requests):
-            same.append(post(url, image, "xmas-sweater"))
+            same.append(post_style(url, image, "xmas-sweater"))
             local.append(in_process())
         local_ms = statistics.median(local)
-        switching = [post(url, image, style) for style in ("film-noir", "xmas-sweater") * (args.requests // 2)]
+        switching = [post_style(url, image, style) for style in ("film-noir", "xmas-sweater") * (args.requests // 2)]
         http_ms, switch_ms = statistics.median(same), statistics.median(switching)
 
         start = time.perf_counter()
         for _ in range(args.concurrent_requests // 4):
-            post(url, image, "xmas-sweater")
+            post_style(url, image, "xmas-sweater")
         single_rps = (args.concurrent_requests // 4) / (time.perf_counter() - start)
         start = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: post(url, image, "xmas-sweater"), range(args.concurrent_requests)))
+            list(pool.map(lambda _: post_style(url, image, "xmas-sweater"), range(args.concurrent_requests)))
         concurrent_rps = args.concurrent_requests / (time.perf_counter() - start)
 
     print(

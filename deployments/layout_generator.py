@@ -49,7 +49,9 @@ class LayoutGenerator:
     async def validate_lora(self, data: bytes) -> LoraSummary:
         """Check an uploaded style LoRA against this replica's base model (dry-run load included)."""
         async with self.styles.exclusive():
-            return await self.compute.run(validate_lora, self.pipe, data, self.lora_limits)
+            return await self.compute.run(
+                validate_lora, self.pipe, data, self.lora_limits, self.styles.adapters.dry_run
+            )
 
     async def __call__(self, reference: Staged[Reference], job: PortraitJob) -> Staged[PlannedLayout]:
         return await self.generate_batch((reference, job))

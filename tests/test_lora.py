@@ -53,3 +53,55 @@ def test_reloading_a_released_style_cancels_the_pending_unload(models, styles_di
     assert adapters.is_loaded(style.versioned_id)
     adapters.release(style.versioned_id)
     assert adapter_name(style.versioned_id) not in adapters.loaded()
+
+
+def test_hot_swapped_styles_equal_separately_loaded_ones(styles_dir):
+    """The compiled-UNet mode: one slot, styles swapped in; same outputs as one adapter per style, in any order."""
+    from serve_app.pipeline.lora import create_slot
+    from serve_app.pipeline.models import Models
+
+    catalog = StyleCatalog(styles_dir)
+    separate, swapped = Models(), Models()  # two pipelines with identical seeded weights
+    create_slot(swapped.diffusion, rank=8)
+    per_style, hot = StyleAdapters(separate.diffusion), StyleAdapters(swapped.diffusion)
+    assert hot.hotswap and not per_style.hotswap
+    outputs = []
+    for style in ("film-noir", "summer-beach", "film-noir", "xmas-sweater"):
+        found = catalog.get(style)
+        for adapters in (per_style, hot):
+            adapters.load(found.versioned_id, found.read_lora)
+        with per_style.active(found.versioned_id, 0.7), hot.active(found.versioned_id, 0.7):
+            outputs.append(noise_of(swapped.diffusion))
+            assert torch.allclose(noise_of(separate.diffusion), outputs[-1], atol=1e-5), style
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-4  # styles really differ
+    assert torch.allclose(outputs[0], outputs[2], atol=1e-6)  # and swapping back restores the first
+    assert hot.loaded() == [adapter_name(catalog.get(s).versioned_id) for s in ("film-noir", "summer-beach", "xmas-sweater")]
+
+
+def test_a_style_the_slot_cannot_hold_is_refused_and_the_slot_still_works(styles_dir):
+    from safetensors.torch import save
+
+    from serve_app.pipeline.errors import InvalidStyleError
+    from serve_app.pipeline.lora import create_slot
+    from serve_app.pipeline.lora_validation import validate_lora
+    from serve_app.pipeline.models import Models
+
+    pipe = Models().diffusion
+    create_slot(pipe, rank=8)
+    adapters, style = StyleAdapters(pipe), StyleCatalog(styles_dir).get("film-noir")
+    adapters.load(style.versioned_id, style.read_lora)
+    with adapters.active(style.versioned_id, 1.0):
+        before = noise_of(pipe)
+    linear = pipe.unet.time_embedding.linear_1  # outside the slot's target modules
+    outside = {
+        "unet.time_embedding.linear_1.lora.down.weight": torch.ones(4, linear.in_features),
+        "unet.time_embedding.linear_1.lora.up.weight": torch.ones(linear.out_features, 4),
+    }
+    try:
+        validate_lora(pipe, save(outside), dry_run=adapters.dry_run)
+    except InvalidStyleError as error:
+        assert "does not load onto the base model" in str(error)
+    else:
+        raise AssertionError("a LoRA outside the slot must be refused")
+    with adapters.active(style.versioned_id, 1.0):
+        assert torch.allclose(noise_of(pipe), before, atol=1e-6)

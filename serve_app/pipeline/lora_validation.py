@@ -4,9 +4,11 @@ whose tensors all target modules of the base model (diffusers or kohya naming), 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from diffusers import StableDiffusionPipeline
@@ -112,8 +114,6 @@ def dry_run_load(pipe: StableDiffusionPipeline, data: bytes) -> None:
     """Load the LoRA onto the base model under a scratch adapter name, then remove it."""
     try:
         pipe.load_lora_weights(load_safetensors(data), adapter_name=DRY_RUN_ADAPTER)
-    except Exception as error:  # diffusers/peft raise many types for a LoRA that does not fit
-        raise InvalidStyleError(f"the LoRA does not load onto the base model: {error}") from None
     finally:
         if DRY_RUN_ADAPTER in pipe.get_list_adapters().get("unet", []) + pipe.get_list_adapters().get(
             "text_encoder", []
@@ -121,7 +121,16 @@ def dry_run_load(pipe: StableDiffusionPipeline, data: bytes) -> None:
             pipe.delete_adapters(DRY_RUN_ADAPTER)
 
 
-def validate_lora(pipe: StableDiffusionPipeline, data: bytes, limits: LoraLimits = LoraLimits()) -> LoraSummary:
+def validate_lora(
+    pipe: StableDiffusionPipeline,
+    data: bytes,
+    limits: LoraLimits = LoraLimits(),
+    dry_run: Callable[[bytes], None] | None = None,
+) -> LoraSummary:
+    """Inspect, then load once: ``dry_run`` (a ``StyleAdapters.dry_run``, hot-swap aware) or ``dry_run_load``."""
     summary = inspect_lora(data, base_modules(pipe), limits)
-    dry_run_load(pipe, data)
+    try:
+        (dry_run or functools.partial(dry_run_load, pipe))(data)
+    except Exception as error:  # diffusers/peft raise many types for a LoRA that does not fit
+        raise InvalidStyleError(f"the LoRA does not load onto the base model: {error}") from None
     return summary

@@ -23,6 +23,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.faces import FaceAnalyzer
+from serve_app.pipeline.lora import create_slot
 from serve_app.pipeline.models.execution import compile_unet, place_pipeline, resolve_device, resolve_dtype
 from serve_app.pipeline.models.identity_attention import install_gated_processors
 from serve_app.pipeline.models.sources import ModelSource, model_source
@@ -73,7 +74,7 @@ class Models:
         pipe.set_progress_bar_config(disable=True)
         place_pipeline(pipe, self.device, self.dtype)
         if self.settings.compile_unet:
-            pipe.enable_lora_hotswap(target_rank=self.settings.max_lora_rank)
+            create_slot(pipe, self.settings.max_lora_rank)
             compile_unet(pipe)
         return pipe
 

@@ -49,7 +49,7 @@ def place_pipeline(pipe: StableDiffusionPipeline, device: torch.device, dtype: t
 
 
 def compile_unet(pipe: StableDiffusionPipeline) -> None:
-    """Compile the UNet once. Style LoRAs are then hot-swapped into one adapter slot (``enable_lora_hotswap``
-    with a target rank, see ``StyleAdapters(hotswap=True)``) so swapping styles never recompiles."""
+    """Compile the UNet once, after ``lora.create_slot``: styles are then hot-swapped into that one adapter slot
+    (peft's compiled hotswap: rank padded to the target, scalings as tensors), so swapping never recompiles."""
     logger.info("compiling the UNet (the first request of each shape pays for compilation)")
     pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
