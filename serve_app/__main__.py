@@ -56,7 +56,7 @@ def write_run(run: PortraitRun, out: Path) -> PortraitSummary:
     for index, portrait in enumerate(run.portraits, start=1):
         (out / f"portrait_{index}.png").write_bytes(encode_png(portrait.image))
     for seed, mask in zip(run.plan.seeds, run.layout.masks):
-        image = Image.fromarray((mask[0].cpu().numpy() * 255).round().astype(np.uint8))
+        image = Image.fromarray((mask[0].float().cpu().numpy() * 255).round().astype(np.uint8))
         image.resize((run.plan.size, run.plan.size), Image.Resampling.BILINEAR).save(out / f"layout_mask_{seed}.png")
     summary = summarize(run)
     (out / "result.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")

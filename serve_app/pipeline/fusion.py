@@ -32,7 +32,7 @@ class Candidate:
 def make_candidates(images: Sequence[np.ndarray], seeds: Sequence[int], masks: torch.Tensor) -> list[Candidate]:
     """Pair the blend sampler's images with their seeds and layout masks ([N, 1, h, w])."""
     return [
-        Candidate(image=image, seed=seed, mask=mask[0].cpu().numpy()) for image, seed, mask in zip(images, seeds, masks)
+        Candidate(image=image, seed=seed, mask=mask[0].float().cpu().numpy()) for image, seed, mask in zip(images, seeds, masks)
     ]
 
 

@@ -88,7 +88,7 @@ class Models:
 
     @functools.cached_property
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
-        return {scale: place_image_model(model, self.device) for scale, model in self.source.upscalers().items()}
+        return self.source.upscalers()
 
     @functools.cached_property
     def face_restorer(self) -> FaceRestorer:
@@ -101,14 +101,6 @@ def fuse_identity_lora(pipe: StableDiffusionPipeline) -> None:
     if IDENTITY_LORA in pipe.get_list_adapters().get("unet", []):
         pipe.fuse_lora(adapter_names=[IDENTITY_LORA], lora_scale=1.0)
         pipe.unload_lora_weights()
-
-
-def place_image_model(model: ImageModelDescriptor, device: torch.device) -> ImageModelDescriptor:
-    """On a GPU, half precision where the architecture supports it (spandrel says which)."""
-    model = model.to(device).eval()
-    if device.type == "cuda" and model.supports_half:
-        model = model.half()
-    return model
 
 
 def check_profile(profile: str) -> str:

@@ -7,6 +7,7 @@ import logging
 import onnxruntime
 import torch
 from diffusers import StableDiffusionPipeline
+from spandrel import ImageModelDescriptor
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,20 @@ def place_pipeline(pipe: StableDiffusionPipeline, device: torch.device, dtype: t
     if device.type == "cuda":
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+        pipe.vae.enable_slicing()  # a batch of 32 candidates decoded at once would peak at tens of GB
     return pipe
+
+
+def place_image_model(model: ImageModelDescriptor, device: torch.device) -> ImageModelDescriptor:
+    """On a GPU, half precision where the architecture supports it (spandrel says which)."""
+    model = model.to(device).eval()
+    if device.type == "cuda" and model.supports_half:
+        model = model.half()
+    return model
 
 
 def compile_unet(pipe: StableDiffusionPipeline) -> None:
     """Compile the UNet once, after ``lora.create_slot``: styles are then hot-swapped into that one adapter slot
     (peft's compiled hotswap: rank padded to the target, scalings as tensors), so swapping never recompiles."""
     logger.info("compiling the UNet (the first request of each shape pays for compilation)")
-    pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+    pipe.unet = torch.compile(pipe.unet)  # batch sizes vary with the batching: dynamic shapes after the second

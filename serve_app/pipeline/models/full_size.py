@@ -17,6 +17,7 @@ from spandrel.architectures.GFPGAN import GFPGAN
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from serve_app.pipeline.models import tiny
+from serve_app.pipeline.models.execution import place_image_model
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
 
 RRDB_FEATURES = 64
@@ -159,7 +160,7 @@ def rrdbnet_state_dict(scale: int) -> dict[str, dict[str, torch.Tensor]]:
 
 def build_face_restorer(device: torch.device) -> FaceRestorer:
     """GFPGAN v1.4's architecture with seeded random weights: production's restoration cost, not its output."""
-    return NetworkFaceRestorer(ModelLoader().load_from_state_dict(gfpgan_state_dict()).to(device).eval())
+    return NetworkFaceRestorer(place_image_model(ModelLoader().load_from_state_dict(gfpgan_state_dict()), device))
 
 
 def gfpgan_state_dict() -> dict[str, torch.Tensor]:

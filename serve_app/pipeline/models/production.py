@@ -20,19 +20,26 @@ from safetensors.torch import load_file
 from spandrel import ImageModelDescriptor, ModelLoader
 from transformers import SegformerForSemanticSegmentation
 
-from serve_app.pipeline.models.execution import onnx_providers
+from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".onnx")
 IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")
+CPU = torch.device("cpu")
 
 
 class ProductionWeights:
     """The models of a production weights folder (checked with ``weights.require_files`` before serving)."""
 
-    def __init__(self, folder: Path, manifest: WeightsManifest, dtype: torch.dtype = torch.float32) -> None:
-        self.folder, self.manifest, self.dtype = Path(folder), manifest, dtype
+    def __init__(
+        self,
+        folder: Path,
+        manifest: WeightsManifest,
+        device: torch.device = CPU,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.folder, self.manifest, self.device, self.dtype = Path(folder), manifest, device, dtype
 
     def model_folder(self, name: str) -> Path:
         if name not in self.manifest.models:
@@ -75,7 +82,8 @@ class ProductionWeights:
         return self.onnx_model("face_swapper", INSwapper)
 
     def face_parser(self) -> SegformerForSemanticSegmentation:
-        return SegformerForSemanticSegmentation.from_pretrained(self.model_folder("face_parser"), local_files_only=True).eval()
+        folder = self.model_folder("face_parser")
+        return SegformerForSemanticSegmentation.from_pretrained(folder, local_files_only=True).to(self.device).eval()
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
         return {scale: self.image_model(f"upscaler_x{scale}", "ESRGAN") for scale in (2, 4)}
@@ -95,7 +103,7 @@ class ProductionWeights:
         model = ModelLoader().load_from_file(path)
         if model.architecture.id != architecture:
             raise WeightsError(f"{path}: spandrel reads it as {model.architecture.id}, not {architecture}")
-        return model.eval()
+        return place_image_model(model, self.device)
 
     def loaders(self) -> dict[str, Callable[[], object]]:
         """What ``weights verify`` loads, per manifest model."""

@@ -15,7 +15,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from spandrel import ImageModelDescriptor, ModelLoader
 
 from serve_app.pipeline.models import tiny
-from serve_app.pipeline.models.execution import onnx_providers
+from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.restoration import FaceRestorer
 
 if TYPE_CHECKING:
@@ -55,8 +55,10 @@ class RandomWeights:
             return get_model(str(onnx_path), providers=onnx_providers())
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
-        loader = ModelLoader()
-        return {scale: loader.load_from_state_dict(self.builders.rrdbnet_state_dict(scale)) for scale in UPSCALE_FACTORS}
+        return {
+            scale: place_image_model(ModelLoader().load_from_state_dict(self.builders.rrdbnet_state_dict(scale)), self.device)
+            for scale in UPSCALE_FACTORS
+        }
 
     def face_restorer(self) -> FaceRestorer:
         return self.builders.build_face_restorer(self.device)
@@ -70,7 +72,7 @@ def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dty
         if settings.weights_dir is None:
             raise ValueError("the production profile needs a weights folder (weights_dir)")
         manifest = load_manifest(settings.weights_manifest or DEFAULT_MANIFEST)
-        return ProductionWeights(settings.weights_dir, manifest, dtype)
+        return ProductionWeights(settings.weights_dir, manifest, device, dtype)
     if settings.profile == "full-size":
         from serve_app.pipeline.models import full_size
 
