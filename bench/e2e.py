@@ -90,8 +90,15 @@ def main() -> None:
     from serve_app.__main__ import sample_face
 
     image = sample_face()
-    fields = {"style": STYLE, "num_candidates": 4, "top_k": 2, "upscale": 2, "size": args.size, "steps": args.steps,
-              "seed": 1}
+    fields = {
+        "style": STYLE,
+        "num_candidates": 4,
+        "top_k": 2,
+        "upscale": 2,
+        "size": args.size,
+        "steps": args.steps,
+        "seed": 1,
+    }
     with tempfile.TemporaryDirectory() as folder:
         config = bench_config(args.config, args.profile, Path(folder))
         port = yaml.safe_load(config.read_text())["http_options"]["port"]
@@ -99,8 +106,11 @@ def main() -> None:
             for _ in range(2):  # warm-up: style load, first-call allocations (and compilation, when on)
                 post(url, image, fields)
             levels = {str(c): run_level(url, image, fields, c, max(args.requests, c)) for c in args.concurrency}
-    print(json.dumps({"profile": args.profile, "workload": fields | {"upscaled_side": 2 * args.size},
-                      "concurrency": levels}))
+    print(
+        json.dumps(
+            {"profile": args.profile, "workload": fields | {"upscaled_side": 2 * args.size}, "concurrency": levels}
+        )
+    )
 
 
 if __name__ == "__main__":

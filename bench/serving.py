@@ -30,13 +30,25 @@ def served(config: Path, port: int, start_timeout_s: float = 300) -> Iterator[st
     """``serve run CONFIG`` exactly as the README starts the service; yields the portraits URL once every
     deployment is RUNNING; always shuts Serve and its Ray instance down."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    process = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(config)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.serve.scripts", "run", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
-            status = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status"], cwd=REPO, env=env,
-                                    capture_output=True, text=True, check=False).stdout
+            status = subprocess.run(
+                [sys.executable, "-m", "ray.serve.scripts", "status"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
             if re.search(r"^    status: RUNNING", status, re.MULTILINE):
                 break
             if process.poll() is not None:

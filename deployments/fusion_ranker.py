@@ -18,7 +18,7 @@ STAGE = "fusion"
 class FusionRanker:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
-        self.ranker = Ranker(load_models(args.model_settings()).faces)
+        self.ranker = Ranker.of(load_models(args.model_settings()))
         self.metrics = StageMetrics(STAGE)
 
     async def __call__(

@@ -27,7 +27,7 @@ class Upscaler:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
-        self.models.upscalers, self.models.face_restorer  # build now, not on request 1
+        self.models.build("upscalers", "face_restorer")
         self.metrics = StageMetrics(STAGE)
 
     def _encode(self, ranked: list[RankedPortrait], scale: int) -> list[EncodedPortrait]:

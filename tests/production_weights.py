@@ -18,10 +18,34 @@ from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.full_size import gfpgan_state_dict
 from serve_app.pipeline.models.weights import WeightsManifest, load_manifest
 
-FACE_PARSING_LABELS = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
+FACE_PARSING_LABELS = [
+    "background",
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
+]
 IDENTITY_LORA_RANK = 4
-SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                  "unk_token": "<|endoftext|>"}
+SPECIAL_TOKENS = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+}
 
 
 def manifest_without_hashes() -> WeightsManifest:
@@ -94,14 +118,18 @@ def identity_lora(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     lora = {}
     for index, name in enumerate(unet.attn_processors):
         attention = unet.get_submodule(name.removesuffix(".processor"))
-        for projection, layer in (("to_q", attention.to_q), ("to_k", attention.to_k), ("to_v", attention.to_v),
-                                  ("to_out", attention.to_out[0])):
-            lora[f"{index}.{projection}_lora.down.weight"] = torch.randn(
-                IDENTITY_LORA_RANK, layer.in_features, generator=generator
-            ) * 0.01
-            lora[f"{index}.{projection}_lora.up.weight"] = torch.randn(
-                layer.out_features, IDENTITY_LORA_RANK, generator=generator
-            ) * 0.01
+        for projection, layer in (
+            ("to_q", attention.to_q),
+            ("to_k", attention.to_k),
+            ("to_v", attention.to_v),
+            ("to_out", attention.to_out[0]),
+        ):
+            lora[f"{index}.{projection}_lora.down.weight"] = (
+                torch.randn(IDENTITY_LORA_RANK, layer.in_features, generator=generator) * 0.01
+            )
+            lora[f"{index}.{projection}_lora.up.weight"] = (
+                torch.randn(layer.out_features, IDENTITY_LORA_RANK, generator=generator) * 0.01
+            )
     return lora
 
 

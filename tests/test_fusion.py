@@ -22,7 +22,7 @@ def reference(models, astronaut_png):
 
 @pytest.fixture(scope="module")
 def ranker(models):
-    return FusionRanker(models.faces)
+    return FusionRanker.of(models)
 
 
 def on_canvas(image: np.ndarray, side: int = SIDE) -> np.ndarray:

@@ -135,7 +135,9 @@ def test_the_service_refuses_to_start_production_without_usable_weights(scratch_
 
 def test_the_lock_records_where_each_file_came_from(weights_dir):
     entry = read_lock(weights_dir)["ip_adapter_faceid/ip-adapter-faceid_sd15.safetensors"]
-    assert entry["source"] == "h94/IP-Adapter-FaceID/ip-adapter-faceid_sd15.bin@b75e0747b57dfaab3fe131a7d8c728fdf05a4e6a"
+    assert (
+        entry["source"] == "h94/IP-Adapter-FaceID/ip-adapter-faceid_sd15.bin@b75e0747b57dfaab3fe131a7d8c728fdf05a4e6a"
+    )
 
 
 def test_production_loaders_give_the_production_classes(weights_dir, manifest):
@@ -143,7 +145,7 @@ def test_production_loaders_give_the_production_classes(weights_dir, manifest):
     assert isinstance(weights.identity_encoder(), ArcFaceONNX)
     assert isinstance(weights.face_detector(), SCRFD)
     assert isinstance(weights.face_swapper(), INSwapper)
-    assert weights.face_parser().config.id2label[13] == "hair"
+    assert weights.face_parser().model.config.id2label[13] == "hair"
     assert {scale: model.scale for scale, model in weights.upscalers().items()} == {2: 2, 4: 4}
     assert weights.face_restorer().model.architecture.id == "GFPGAN"
 
@@ -173,10 +175,48 @@ def test_single_file_base_model_loads_with_the_folders_configs(weights_dir, mani
         assert all(torch.equal(loaded[key].float(), expected[key].float()) for key in expected), name
 
 
-def test_production_profile_generates_portraits(weights_dir, manifest_file, sample_face, styles_dir):
+def test_production_profile_generates_portraits(weights_dir, manifest_file, astronaut_png, styles_dir):
+    """Every production model in its stage: SCRFD detection (the tiny one fires on the astronaut photo),
+    SegFormer parsing, GFPGAN, ArcFace conditioning and ranking, inswapper where a candidate has a face."""
     models = Models(ModelSettings(profile="production", weights_dir=weights_dir, weights_manifest=manifest_file))
     options = PortraitOptions(style="film-noir", num_candidates=2, top_k=1, seed=3, size=64, steps=2, upscale=2)
-    run = PortraitPipeline(models).generate(sample_face, StyleCatalog(styles_dir).get("film-noir"), options)
+    run = PortraitPipeline(models).generate(astronaut_png, StyleCatalog(styles_dir).get("film-noir"), options)
     (portrait,) = run.portraits
     assert portrait.image.shape == (128, 128, 3)
     assert np.ptp(portrait.image) > 0
+
+
+def test_inswapper_fuses_the_reference_identity_onto_a_detected_face(weights_dir, manifest, astronaut):
+    from serve_app.pipeline.faces import FaceAnalyzer
+    from serve_app.pipeline.fusion import swap_face
+
+    weights = ProductionWeights(weights_dir, manifest)
+    face = FaceAnalyzer().detect(astronaut)[0]
+    embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    swapped = swap_face(weights.face_swapper(), astronaut, face, embedding)
+    assert swapped.shape == astronaut.shape and swapped.dtype == np.uint8
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    assert np.abs(swapped[y0:y1, x0:x1].astype(int) - astronaut[y0:y1, x0:x1]).mean() > 1  # the face changed
+    assert np.array_equal(swapped[-50:, -50:], astronaut[-50:, -50:])  # far from it, nothing did
+
+
+def test_segformer_parser_gives_image_sized_masks_within_the_head(weights_dir, manifest, astronaut):
+    from serve_app.pipeline.faces import FaceAnalyzer
+
+    face = FaceAnalyzer().detect(astronaut)[0]
+    parsing = ProductionWeights(weights_dir, manifest).face_parser().parse(astronaut, face)
+    for mask in (parsing.face, parsing.skin, parsing.features, parsing.hair):
+        assert mask.shape == astronaut.shape[:2] and mask.dtype == np.float32
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert not (parsing.skin * parsing.features).any()
+    assert not parsing.face[:, : int(face.box[0] - 0.7 * (face.box[2] - face.box[0]))].any()  # outside the crop
+
+
+def test_scrfd_detection_gives_faces_with_dlib_landmarks(weights_dir, manifest, astronaut):
+    from serve_app.pipeline.faces import FaceAnalyzer
+
+    faces = FaceAnalyzer(ProductionWeights(weights_dir, manifest).face_detector()).detect(astronaut)
+    assert faces and all(face.landmarks.shape == (68, 2) for face in faces)
+    assert [face.area for face in faces] == sorted((face.area for face in faces), reverse=True)
+    height, width = astronaut.shape[:2]
+    assert all(0 <= f.box[0] < f.box[2] <= width and 0 <= f.box[1] < f.box[3] <= height for f in faces)

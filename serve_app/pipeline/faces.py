@@ -1,6 +1,7 @@
 """Face detection, landmarks, alignment and recognition with the real models that ship in packages: dlib's HOG
 detector, 68-point shape predictor and ResNet face descriptor (``face_recognition_models`` data files) and
-OpenCV's Haar cascade as a second detector."""
+OpenCV's Haar cascade as a second detector. The production profile detects with insightface's SCRFD instead;
+landmarks stay dlib's 68 points, found in SCRFD's boxes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import dlib
 import numpy as np
+
+if TYPE_CHECKING:
+    from insightface.model_zoo.scrfd import SCRFD
 
 # ArcFace's 112×112 five-point template (insightface order: image-left eye, image-right eye, nose tip, mouth
 # corners); every aligned crop in the project uses it, scaled.
@@ -24,6 +29,7 @@ MIN_DETECTION_SIDE = 320
 HOG_WINDOW = 80  # dlib's HOG detector finds faces of about 80 px and up
 GENERATED_FACE_FRACTION = 1 / 3  # a generated portrait's face spans at least a third of the image side
 TIGHT_CROP_PADDING = 0.5
+SCRFD_INPUT = (640, 640)
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,15 @@ def align_face(image: np.ndarray, face: DetectedFace, size: int) -> tuple[np.nda
 
 
 class FaceAnalyzer:
-    """Finds faces and describes them. Detection tries, in order: dlib HOG (upsampling small images), HOG on
-    a padded copy (tight crops whose face touches the border), then OpenCV's Haar cascade.
+    """Finds faces and describes them. With a ``detector`` (SCRFD), detection is that network's; otherwise
+    it tries, in order: dlib HOG (upsampling small images), HOG on a padded copy (tight crops whose face touches
+    the border), then OpenCV's Haar cascade.
 
     Thread-safe: dlib's detector is not (concurrent calls crash the process), so calls take turns.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, detector: SCRFD | None = None) -> None:
+        self._detector = detector
         self._hog = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
         self._recognizer = dlib.face_recognition_model_v1(
@@ -118,11 +126,13 @@ class FaceAnalyzer:
         area = image[y0:y1, x0:x1]
         if area.shape[0] < 16 or area.shape[1] < 16:
             return []
-        upsample = self._upsampling(min_face or self._photo_min_face(area))
         with self._lock:
-            boxes = self._hog_boxes(area, upsample)
-            if fallbacks and not boxes:
-                boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
+            if self._detector is not None:
+                boxes = self._network_boxes(area, min_face or 0.0)
+            else:
+                boxes = self._hog_boxes(area, self._upsampling(min_face or self._photo_min_face(area)))
+                if fallbacks and not boxes:
+                    boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
             shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
             faces = [self._landmarks(image, box) for box in shifted]
         return sorted(faces, key=lambda face: face.area, reverse=True)
@@ -148,6 +158,13 @@ class FaceAnalyzer:
     def _upsampling(min_face: float) -> int:
         """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
         return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
+
+    def _network_boxes(self, image: np.ndarray, min_face: float) -> list[tuple[float, float, float, float]]:
+        """SCRFD's boxes (scores over its threshold) whose shorter side is at least half of ``min_face``."""
+        found, _ = self._detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)
+        height, width = image.shape[:2]
+        boxes = [tuple(float(v) for v in np.clip(row[:4], 0, [width, height, width, height])) for row in found]
+        return [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= 0.5 * min_face]
 
     def _hog_boxes(self, image: np.ndarray, upsample: int) -> list[tuple[float, float, float, float]]:
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._hog(image, upsample)]

@@ -1,6 +1,7 @@
-"""Stage 4, the fusion ranker: fuse the reference face into each candidate (landmark-aligned seamless cloning),
-score identity with an independent recognizer (dlib's ResNet, not the ArcFace that conditioned the sampler),
-reject broken faces and keep the top K — always K, the shortfall filled with flagged rejects."""
+"""Stage 4, the fusion ranker: fuse the reference face into each candidate — insightface's inswapper onto the
+candidate's face in production, landmark-aligned seamless cloning otherwise (and where the candidate has no face
+and the layout mask says where it belongs) — score identity (see ``recognition``), reject broken faces and keep
+the top K — always K, the shortfall filled with flagged rejects."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from insightface.app.common import Face
+from insightface.model_zoo.inswapper import INSwapper
 
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer
 from serve_app.pipeline.masks import mask_box, to_image_resolution
+from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference
+from serve_app.pipeline.recognition import Recognizer
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
-SAME_PERSON_DISTANCE = 0.6
 # The face's extent on the 112² ArcFace template (jaw to forehead), used to place a face inside a mask box.
 TEMPLATE_FACE_BOX = (18.0, 20.0, 94.0, 112.0)
 
@@ -48,11 +52,6 @@ class RankedPortrait:
     @property
     def accepted(self) -> bool:
         return self.rejected is None
-
-
-def identity_score(distance: float) -> float:
-    """Map a dlib descriptor distance to [0, 1]: 1 identical, 0.5 at the same-person threshold, 0 beyond 2×."""
-    return float(np.clip(1.0 - distance / (2 * SAME_PERSON_DISTANCE), 0.0, 1.0))
 
 
 def usable_face(faces: list[DetectedFace]) -> tuple[DetectedFace | None, str | None]:
@@ -118,9 +117,20 @@ def face_region(points: np.ndarray, image_side: int, reach: float = 1.6) -> tupl
     return float(x0), float(y0), float(x1), float(y1)
 
 
+def swap_face(swapper: INSwapper, image: np.ndarray, face: DetectedFace, embedding: np.ndarray) -> np.ndarray:
+    """inswapper: the identity ``embedding`` (ArcFace) onto ``face``, pasted back into ``image``."""
+    target, source = Face(kps=face.five_points, bbox=np.array(face.box)), Face(embedding=embedding)
+    swapped = swapper.get(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), target, source, paste_back=True)
+    return cv2.cvtColor(swapped, cv2.COLOR_BGR2RGB)
+
+
 class FusionRanker:
-    def __init__(self, faces: FaceAnalyzer) -> None:
-        self.faces = faces
+    def __init__(self, faces: FaceAnalyzer, recognizer: Recognizer, swapper: INSwapper | None = None) -> None:
+        self.faces, self.recognizer, self.swapper = faces, recognizer, swapper
+
+    @classmethod
+    def of(cls, models: Models) -> FusionRanker:
+        return cls(models.faces, models.recognizer, models.face_swapper)
 
     def score(
         self, image: np.ndarray, descriptor: np.ndarray, region: tuple[float, float, float, float] | None = None
@@ -132,8 +142,7 @@ class FusionRanker:
             return 0.0, None, broken
         if face is None:
             return 0.0, None, "no_face"
-        distance = float(np.linalg.norm(self.faces.describe(image, face) - descriptor))
-        return identity_score(distance), face, None
+        return self.recognizer.similarity(self.recognizer.describe(image, face), descriptor), face, None
 
     def fuse(self, candidate: Candidate, reference: Reference) -> Fused:
         """Fuse the reference face onto the candidate's face, or where the layout mask puts it if it has none."""
@@ -141,6 +150,9 @@ class FusionRanker:
         if broken is not None:
             return Fused(candidate.image, None, None, broken)
         side = candidate.image.shape[0]
+        if face is not None and self.swapper is not None:
+            image = swap_face(self.swapper, candidate.image, face, reference.identity_embedding)
+            return Fused(image, PLACED_ON_FACE, face_region(face.five_points, side), None)
         if face is not None:
             target_points, placement = face.five_points, PLACED_ON_FACE
         else:

@@ -8,7 +8,9 @@ from spandrel import ImageModelDescriptor
 
 
 @torch.inference_mode()
-def run_image_model(model: ImageModelDescriptor, image: np.ndarray, value_range: tuple[float, float] = (0, 1)) -> np.ndarray:
+def run_image_model(
+    model: ImageModelDescriptor, image: np.ndarray, value_range: tuple[float, float] = (0, 1)
+) -> np.ndarray:
     """The model's output for ``image``; ``value_range`` is what the network expects and returns (GFPGAN
     works in [-1, 1], super-resolution models in [0, 1])."""
     low, high = value_range

@@ -142,9 +142,7 @@ def create_slot(pipe: StableDiffusionPipeline, rank: int) -> None:
 def slot_holds(target: str) -> bool:
     """Whether the slot covers a LoRA target (``unet.<module>``, dotted or kohya-underscored)."""
     component, _, module = target.partition(".")
-    return component == "unet" and any(
-        module.endswith((name, name.replace(".", "_"))) for name in UNET_SLOT_TARGETS
-    )
+    return component == "unet" and any(module.endswith((name, name.replace(".", "_"))) for name in UNET_SLOT_TARGETS)
 
 
 def hot_swap(pipe: StableDiffusionPipeline, lora: dict[str, torch.Tensor], weight: float) -> None:

@@ -131,6 +131,6 @@ def validate_lora(
     summary = inspect_lora(data, base_modules(pipe), limits)
     try:
         (dry_run or functools.partial(dry_run_load, pipe))(data)
-    except Exception as error:  # diffusers/peft raise many types for a LoRA that does not fit
+    except Exception as error:  # noqa: BLE001 — diffusers/peft raise many types for a LoRA that does not fit
         raise InvalidStyleError(f"the LoRA does not load onto the base model: {error}") from None
     return summary

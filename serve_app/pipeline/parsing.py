@@ -1,14 +1,20 @@
-"""Face and hair parsing from landmarks: face outline and facial features from the 68 points, skin by a colour
-model fitted to the cheeks, hair by GrabCut seeded with the face. Masks are float32 in [0, 1], image-sized."""
+"""Face and hair parsing. From landmarks (tiny): face outline and facial features from the 68 points, skin by a
+colour model fitted to the cheeks, hair by GrabCut seeded with the face. From a SegFormer face parser
+(production). Masks are float32 in [0, 1], image-sized."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
+import torch
 
 from serve_app.pipeline.faces import DetectedFace, face_outline_points
+
+if TYPE_CHECKING:
+    from transformers import SegformerForSemanticSegmentation
 
 GRABCUT_MAX_SIDE = 256
 SKIN_MAHALANOBIS_LIMIT = 3.5
@@ -110,3 +116,55 @@ def parse_face(image: np.ndarray, face: DetectedFace) -> FaceParsing:
     skin = skin_colour_mask(image, face, face_region) & (1 - features)
     hair = hair_mask(image, face, face_region, skin | features)
     return FaceParsing(*(m.astype(np.float32) for m in (face_region, skin, features, hair)))
+
+
+class FaceParser(Protocol):
+    def parse(self, image: np.ndarray, face: DetectedFace) -> FaceParsing:
+        """Face, skin, feature and hair masks of ``face`` in an RGB image."""
+
+
+class LandmarkFaceParser:
+    """The tiny profile's parser: landmarks, a skin colour model and GrabCut (``parse_face``)."""
+
+    def parse(self, image: np.ndarray, face: DetectedFace) -> FaceParsing:
+        return parse_face(image, face)
+
+
+class SegformerFaceParser:
+    """A SegFormer trained on CelebAMask-HQ's 19 labels (jonathandinu/face-parsing) run on the head crop."""
+
+    FACE = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
+    FEATURES = ("eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
+    SKIN = ("skin", "nose")
+    HAIR = ("hair",)
+    INPUT_SIDE = 512
+    MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def __init__(self, model: SegformerForSemanticSegmentation) -> None:
+        self.model = model
+        self.ids = {label: int(index) for index, label in model.config.id2label.items()}
+
+    def parse(self, image: np.ndarray, face: DetectedFace) -> FaceParsing:
+        labels = self.labels(image, face)
+        masks = (np.isin(labels, [self.ids[name] for name in group]) for group in (self.FACE, self.SKIN, self.FEATURES, self.HAIR))
+        face_region, skin, features, hair = (mask.astype(np.float32) for mask in masks)
+        return FaceParsing(face_region, skin * (1 - features), features, hair)
+
+    @torch.inference_mode()
+    def labels(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
+        """A label per pixel (background outside the head crop)."""
+        height, width = image.shape[:2]
+        x0, y0, x1, y1 = face.box
+        face_w, face_h = x1 - x0, y1 - y0
+        left, top = int(max(0, x0 - 0.6 * face_w)), int(max(0, y0 - 0.8 * face_h))
+        right, bottom = int(min(width, x1 + 0.6 * face_w)), int(min(height, y1 + 0.4 * face_h))
+        crop = image[top:bottom, left:right]
+        pixels = cv2.resize(crop, (self.INPUT_SIDE, self.INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
+        pixels = (pixels.astype(np.float32) / 255 - self.MEAN) / self.STD
+        parameter = next(self.model.parameters())
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(parameter.device, parameter.dtype)
+        logits = self.model(pixel_values=tensor).logits
+        logits = torch.nn.functional.interpolate(logits.float(), size=crop.shape[:2], mode="bilinear")
+        labels = np.zeros((height, width), np.int64)
+        labels[top:bottom, left:right] = logits.argmax(1)[0].cpu().numpy()
+        return labels

@@ -67,7 +67,7 @@ class PortraitPipeline:
         self.models = models
         self.limits = limits
         self.adapters = StyleAdapters(models.diffusion)
-        self.ranker = FusionRanker(models.faces)
+        self.ranker = FusionRanker.of(models)
 
     def generate(self, image: bytes, style: Style, options: PortraitOptions) -> PortraitRun:
         seed = resolve_seed(options)

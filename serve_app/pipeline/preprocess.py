@@ -13,12 +13,11 @@ from serve_app.pipeline.errors import NoFaceError
 from serve_app.pipeline.faces import DetectedFace, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
-from serve_app.pipeline.parsing import parse_face
+from serve_app.pipeline.recognition import ArcFaceRecognizer
 from serve_app.pipeline.restoration import restore_region
 
 WORKING_MAX_SIDE = 1024
 ALIGNED_SIZE = 256
-RECOGNITION_SIZE = 112
 ENHANCEMENT_STRENGTH = 0.5
 
 
@@ -27,7 +26,7 @@ class Reference:
     """What later stages need of the reference face (the full image stays in the preprocessor).
     ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face region mask ``aligned_mask``;
     ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding that conditions the sampler;
-    ``recognition_descriptor`` is the independent recognizer's (dlib ResNet, 128-d) that ranks the results."""
+    ``recognition_descriptor`` is the ranking recognizer's (ArcFace in production, dlib's ResNet on tiny)."""
 
     face: DetectedFace
     aligned_face: np.ndarray
@@ -42,7 +41,7 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
     if not found:
         raise NoFaceError("no face was found in the image; send a front-facing render or photo of one face")
     face = found[0]
-    parsing = parse_face(image, face)
+    parsing = models.face_parser.parse(image, face)
     face_width = face.box[2] - face.box[0]
     beautified = smooth_skin(image, parsing.skin, face_width)
     enhanced = restore_region(beautified, face.box, models.face_restorer, ENHANCEMENT_STRENGTH)
@@ -54,12 +53,6 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
         face=face,
         aligned_face=aligned,
         aligned_mask=aligned_mask,
-        identity_embedding=identity_embedding(models, enhanced, face),
-        recognition_descriptor=models.faces.describe(enhanced, face),
+        identity_embedding=ArcFaceRecognizer(models.identity_encoder).describe(enhanced, face),
+        recognition_descriptor=models.recognizer.describe(enhanced, face),
     )
-
-
-def identity_embedding(models: Models, image: np.ndarray, face: DetectedFace) -> np.ndarray:
-    crop, _ = align_face(image, face, RECOGNITION_SIZE)
-    embedding = models.identity_encoder.get_feat([cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)])[0]
-    return (embedding / max(float(np.linalg.norm(embedding)), 1e-12)).astype(np.float32)

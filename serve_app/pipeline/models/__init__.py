@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.inswapper import INSwapper
 from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.faces import FaceAnalyzer
@@ -27,6 +28,8 @@ from serve_app.pipeline.lora import create_slot
 from serve_app.pipeline.models.execution import compile_unet, place_pipeline, resolve_device, resolve_dtype
 from serve_app.pipeline.models.identity_attention import install_gated_processors
 from serve_app.pipeline.models.sources import ModelSource, model_source
+from serve_app.pipeline.parsing import FaceParser
+from serve_app.pipeline.recognition import ArcFaceRecognizer, DlibRecognizer, Recognizer
 from serve_app.pipeline.restoration import FaceRestorer
 
 PROFILES = ("tiny", "full-size", "production")
@@ -84,7 +87,22 @@ class Models:
 
     @functools.cached_property
     def faces(self) -> FaceAnalyzer:
-        return FaceAnalyzer()
+        return FaceAnalyzer(self.source.face_detector())
+
+    @functools.cached_property
+    def recognizer(self) -> Recognizer:
+        """ArcFace ranks, except on tiny, whose ArcFace is a small random net: dlib's real ResNet ranks there."""
+        if self.profile == "tiny":
+            return DlibRecognizer(self.faces)
+        return ArcFaceRecognizer(self.identity_encoder)
+
+    @functools.cached_property
+    def face_parser(self) -> FaceParser:
+        return self.source.face_parser()
+
+    @functools.cached_property
+    def face_swapper(self) -> INSwapper | None:
+        return self.source.face_swapper()
 
     @functools.cached_property
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
@@ -93,6 +111,11 @@ class Models:
     @functools.cached_property
     def face_restorer(self) -> FaceRestorer:
         return self.source.face_restorer()
+
+    def build(self, *names: str) -> None:
+        """Build these models now (a replica's start-up) rather than on its first request."""
+        for name in names:
+            getattr(self, name)
 
 
 def fuse_identity_lora(pipe: StableDiffusionPipeline) -> None:

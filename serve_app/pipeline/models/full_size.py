@@ -167,7 +167,15 @@ def gfpgan_state_dict() -> dict[str, torch.Tensor]:
     """GFPGAN v1.4 (GFPGANv1Clean, 512², spandrel fixes its size) with seeded random weights."""
     torch.manual_seed(tiny.SEED + 32)
     model = GFPGAN(
-        out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
-        num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
+        out_size=512,
+        num_style_feat=512,
+        channel_multiplier=2,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=8,
+        input_is_latent=True,
+        different_w=True,
+        narrow=1,
+        sft_half=True,
     )
     return model.state_dict()

@@ -20,13 +20,16 @@ from safetensors.torch import load_file
 from spandrel import ImageModelDescriptor, ModelLoader
 from transformers import SegformerForSemanticSegmentation
 
+from serve_app.pipeline.faces import SCRFD_INPUT
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
+from serve_app.pipeline.parsing import SegformerFaceParser
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".onnx")
 IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")
 CPU = torch.device("cpu")
+DETECTION_THRESHOLD = 0.5
 
 
 class ProductionWeights:
@@ -76,14 +79,17 @@ class ProductionWeights:
         return self.onnx_model("face_recognizer", ArcFaceONNX)
 
     def face_detector(self) -> SCRFD:
-        return self.onnx_model("face_detector", SCRFD)
+        detector = self.onnx_model("face_detector", SCRFD)
+        detector.prepare(ctx_id=0, input_size=SCRFD_INPUT, det_thresh=DETECTION_THRESHOLD)  # ctx_id ≥ 0 keeps providers
+        return detector
 
     def face_swapper(self) -> INSwapper:
         return self.onnx_model("face_swapper", INSwapper)
 
-    def face_parser(self) -> SegformerForSemanticSegmentation:
+    def face_parser(self) -> SegformerFaceParser:
         folder = self.model_folder("face_parser")
-        return SegformerForSemanticSegmentation.from_pretrained(folder, local_files_only=True).to(self.device).eval()
+        model = SegformerForSemanticSegmentation.from_pretrained(folder, local_files_only=True)
+        return SegformerFaceParser(model.to(self.device).eval())
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
         return {scale: self.image_model(f"upscaler_x{scale}", "ESRGAN") for scale in (2, 4)}

@@ -12,10 +12,13 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.inswapper import INSwapper
+from insightface.model_zoo.scrfd import SCRFD
 from spandrel import ImageModelDescriptor, ModelLoader
 
 from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
+from serve_app.pipeline.parsing import FaceParser, LandmarkFaceParser
 from serve_app.pipeline.restoration import FaceRestorer
 
 if TYPE_CHECKING:
@@ -34,6 +37,12 @@ class ModelSource(Protocol):
     def upscalers(self) -> dict[int, ImageModelDescriptor]: ...
 
     def face_restorer(self) -> FaceRestorer: ...
+
+    def face_detector(self) -> SCRFD | None: ...
+
+    def face_parser(self) -> FaceParser: ...
+
+    def face_swapper(self) -> INSwapper | None: ...
 
 
 class RandomWeights:
@@ -56,12 +65,23 @@ class RandomWeights:
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
         return {
-            scale: place_image_model(ModelLoader().load_from_state_dict(self.builders.rrdbnet_state_dict(scale)), self.device)
+            scale: place_image_model(
+                ModelLoader().load_from_state_dict(self.builders.rrdbnet_state_dict(scale)), self.device
+            )
             for scale in UPSCALE_FACTORS
         }
 
     def face_restorer(self) -> FaceRestorer:
         return self.builders.build_face_restorer(self.device)
+
+    def face_detector(self) -> None:
+        """dlib's detectors (in FaceAnalyzer): real ones, where a random SCRFD would find random faces."""
+
+    def face_parser(self) -> FaceParser:
+        return LandmarkFaceParser()
+
+    def face_swapper(self) -> None:
+        """Seamless cloning fuses: a random inswapper would paste noise."""
 
 
 def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> ModelSource:
