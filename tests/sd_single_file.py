@@ -1,8 +1,7 @@
-"""A tiny Stable Diffusion 1.5 *single-file* checkpoint for tests: a seeded random-weight pipeline with SD1.5's block
-structure, written in the original LDM/CompVis key layout (``model.diffusion_model.*``, ``first_stage_model.*``,
+"""A tiny Stable Diffusion 1.5 *single-file* checkpoint for tests: a pipeline's UNet, VAE and text encoder written
+in the original LDM/CompVis key layout (``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.transformer.text_model.*``) as one ``.safetensors`` file like ``v1-5-pruned-emaonly.safetensors``,
-plus the local diffusers config folder that lets ``StableDiffusionPipeline.from_single_file(path, config=folder,
-local_files_only=True)`` build the pipeline offline.
+which ``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder>, local_files_only=True)`` reads.
 
 The key maps are the inverse of diffusers' single-file conversion (``diffusers.loaders.single_file_utils``; the
 diffusers repo's ``scripts/convert_diffusers_to_original_stable_diffusion.py`` hard-codes the same maps for SD1.5's
@@ -15,9 +14,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel
-
-from serve_app.pipeline.models import tiny
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
@@ -38,47 +34,6 @@ VAE_ATTENTION: Renames = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", 
 VAE_ATTENTION_CONVS = ("q.weight", "k.weight", "v.weight", "proj_out.weight")
 
 
-def build_sd15_structured_pipeline() -> StableDiffusionPipeline:
-    """A seeded random-weight text-to-image pipeline with SD1.5's block structure at tiny widths: a 4-level UNet
-    (3 cross-attention levels + 1 plain, 2 resnets a level, conv ``proj_in``), a 4-level ×8 VAE with 2 resnets a
-    level and a 2-layer CLIP text encoder."""
-    torch.manual_seed(tiny.SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=tiny.CROSS_ATTENTION_DIM,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    tokenizer = tiny.build_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=tiny.CROSS_ATTENTION_DIM,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    return tiny.assemble_pipeline(unet, vae, text_encoder, tokenizer, torch.float32)
-
-
 def write_single_file_checkpoint(pipe: StableDiffusionPipeline, path: Path) -> Path:
     """Write ``pipe``'s UNet, VAE and CLIP text encoder as one original-layout SD1.5 ``.safetensors`` checkpoint."""
     state = {
@@ -89,18 +44,6 @@ def write_single_file_checkpoint(pipe: StableDiffusionPipeline, path: Path) -> P
     }
     save_file({key: tensor.contiguous() for key, tensor in state.items()}, path)
     return path
-
-
-def write_config_folder(pipe: StableDiffusionPipeline, folder: Path) -> Path:
-    """Write the diffusers folder ``from_single_file(config=folder)`` reads: ``model_index.json``, each model's
-    ``config.json``, the tokenizer files and the scheduler config, and no weights."""
-    pipe.save_config(folder)
-    pipe.unet.save_config(folder / "unet")
-    pipe.vae.save_config(folder / "vae")
-    pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
-    pipe.tokenizer.save_pretrained(folder / "tokenizer")
-    pipe.scheduler.save_pretrained(folder / "scheduler")
-    return folder
 
 
 def _rename(

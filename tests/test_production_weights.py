@@ -5,6 +5,7 @@ run on tiny checkpoints in the exact production formats and file names."""
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,8 @@ def test_production_diffusion_has_identity_lora_fused_and_gated_attention(weight
     assert pipe.tokenizer("a person").input_ids[0] == pipe.tokenizer.bos_token_id
 
 
-def test_single_file_base_model_loads_with_the_folders_configs(weights_dir, manifest):
+def test_single_file_base_model_loads_with_the_folders_configs(weights_dir, manifest, monkeypatch):
+    """An original-layout checkpoint (as v1-5-pruned-emaonly.safetensors) beside the diffusers configs, offline."""
     reference = ProductionWeights(weights_dir, manifest).diffusion_pipeline()
     single = manifest.model_copy(deep=True)
     base = single.models["base"]
@@ -169,6 +171,11 @@ def test_single_file_base_model_loads_with_the_folders_configs(weights_dir, mani
     for weights_file in folder.glob("*/*.safetensors"):
         weights_file.unlink()
     write_single_file_checkpoint(reference, folder / "v1-5-pruned-emaonly.safetensors")
+
+    def no_network(self, address):
+        raise AssertionError(f"network access to {address!r} during an offline load")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     pipe = ProductionWeights(folder.parent, single).diffusion_pipeline()
     for name in ("unet", "vae", "text_encoder"):
         loaded, expected = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
