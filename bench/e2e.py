@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +77,21 @@ def run_level(url: str, image: bytes, fields: dict, concurrency: int, requests: 
         "stage_ms": {stage: summary(values) for stage, values in stages.items()},
         "throughput_rps": round(requests / elapsed, 3),
     }
+
+
+def gpu_memory_by_deployment() -> dict[str, int]:
+    """MiB of GPU memory each Serve replica process holds (nvidia-smi), summed per deployment; {} without a GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    usage: dict[str, int] = {}
+    for line in subprocess.run(query, capture_output=True, text=True, check=False).stdout.splitlines():
+        pid, mib = (field.strip() for field in line.split(","))
+        title = subprocess.run(["ps", "-o", "args=", "-p", pid], capture_output=True, text=True, check=False).stdout
+        match = re.search(r"ServeReplica:[^:\s]+:(\w+)", title)
+        name = match.group(1) if match else title.strip()[:40] or pid
+        usage[name] = usage.get(name, 0) + int(mib)
+    return usage
 
 
 def main() -> None:

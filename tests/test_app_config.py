@@ -7,6 +7,7 @@ import yaml
 from conftest import REPO
 
 from serve_app.app import PortraitConfigError, build_app, parse_args
+from serve_app.schemas import PortraitAppArgs
 
 
 @pytest.mark.parametrize(
@@ -32,11 +33,24 @@ def test_builder_refuses_a_broken_style_folder(tmp_path):
         build_app({"styles_dir": str(tmp_path)})
 
 
-@pytest.mark.parametrize("config", ["serve.yaml", "serve.local.yaml"])
-def test_shipped_configs_build(config, monkeypatch):
-    monkeypatch.chdir(REPO)
+def shipped_application(config: str) -> dict:
     application = yaml.safe_load((REPO / "configs" / config).read_text())["applications"][0]
     assert application["import_path"] == "serve_app.app:build_app"
-    assert parse_args(application["args"]).styles_dir == str(REPO / "styles")
     names = {d["name"] for d in application["deployments"]}
     assert names == {"Preprocessor", "LayoutGenerator", "BlendSampler", "FusionRanker", "Upscaler", "PortraitIngress"}
+    return application
+
+
+def test_local_config_builds(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert parse_args(shipped_application("serve.local.yaml")["args"]).styles_dir == str(REPO / "styles")
+
+
+def test_production_config_is_valid_and_fits_one_gpu():
+    application = shipped_application("serve.yaml")
+    args = PortraitAppArgs.model_validate(application["args"])
+    assert (args.profile, args.dtype) == ("production", "float16")
+    gpu = sum(d["ray_actor_options"]["num_gpus"] for d in application["deployments"])
+    assert gpu <= 0.6  # one replica of every stage, 0.4 of the GPU left for autoscaled replicas
+    with pytest.raises(PortraitConfigError, match="portrait-styles"):  # no style library on this machine
+        parse_args(application["args"])

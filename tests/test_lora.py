@@ -105,3 +105,27 @@ def test_a_style_the_slot_cannot_hold_is_refused_and_the_slot_still_works(styles
         raise AssertionError("a LoRA outside the slot must be refused")
     with adapters.active(style.versioned_id, 1.0):
         assert torch.allclose(noise_of(pipe), before, atol=1e-6)
+
+
+def test_a_library_lora_that_does_not_fit_the_base_model_is_a_409(tmp_path, styles_dir):
+    """E.g. the tiny demo styles served by the full-size or production profile."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from serve_app.pipeline.errors import StyleIncompatibleError
+    from serve_app.pipeline.models import Models
+
+    library = shutil.copytree(styles_dir, tmp_path / "styles")
+    wrong = {"unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.ones(4, 7),
+             "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.ones(9, 4)}
+    save_file(wrong, library / "film-noir" / "lora.safetensors")
+    style = StyleCatalog(library).get("film-noir")
+    adapters = StyleAdapters(Models().diffusion)
+    try:
+        adapters.load(style.versioned_id, style.read_lora)
+    except StyleIncompatibleError as error:
+        assert (error.code, error.http_status) == ("style_incompatible", 409)
+        assert "film-noir@1" in error.message
+    else:
+        raise AssertionError("a LoRA of the wrong shapes must be refused")

@@ -94,6 +94,14 @@ class StyleNotAvailableError(PortraitError):
         self.http_status = 404 if status == "scheduled" else 410
 
 
+class StyleIncompatibleError(PortraitError):
+    """The style is in the library but its LoRA does not fit this service's base model (e.g. a library written for
+    another profile): nothing the client can fix by retrying; another style works."""
+
+    code = "style_incompatible"
+    http_status = 409
+
+
 class InvalidStyleError(PortraitError):
     """A style upload (manifest or LoRA) that cannot become part of the library."""
 

@@ -22,7 +22,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 from safetensors.torch import load as load_safetensors
 
-from serve_app.pipeline.errors import InvalidStyleError
+from serve_app.pipeline.errors import InvalidStyleError, StyleIncompatibleError
 from serve_app.pipeline.lora_validation import base_modules, dry_run_load, inspect_lora
 
 HOTSWAP_SLOT = "style_slot"
@@ -69,7 +69,8 @@ class StyleAdapters:
                 return
             if self.hotswap:
                 self._parked[versioned_id] = load_safetensors(read_lora())
-            else:
+                return
+            with incompatible_as_error(versioned_id):
                 self.pipe.load_lora_weights(load_safetensors(read_lora()), adapter_name=name)
 
     def release(self, versioned_id: str) -> None:
@@ -85,7 +86,8 @@ class StyleAdapters:
         with self._lock:
             self._pins[versioned_id] += 1
             if self.hotswap:
-                self._swap_in(versioned_id, weight)
+                with incompatible_as_error(versioned_id):
+                    self._swap_in(versioned_id, weight)
             else:
                 self.pipe.set_adapters([adapter_name(versioned_id)], adapter_weights=[weight])
         try:
@@ -129,6 +131,17 @@ class StyleAdapters:
             self._parked.pop(versioned_id, None)
         elif adapter_name(versioned_id) in self.loaded():
             self.pipe.delete_adapters(adapter_name(versioned_id))
+
+
+@contextmanager
+def incompatible_as_error(versioned_id: str) -> Iterator[None]:
+    """A library LoRA that does not fit the base model answers 409 ``style_incompatible``, not a server error."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as error:  # what diffusers/peft raise for a LoRA that does not fit
+        raise StyleIncompatibleError(
+            f"style {versioned_id} cannot be used with this service's base model: {str(error)[:300]}"
+        ) from None
 
 
 def create_slot(pipe: StableDiffusionPipeline, rank: int) -> None:
