@@ -10,6 +10,7 @@ H100: p50 ≤ 2.0 s at concurrency 1.
 
     python bench/e2e.py --profile full-size                       # a GPU machine
     python bench/e2e.py --profile tiny --config configs/serve.local.yaml --size 128 --steps 12 --requests 4
+    python bench/e2e.py --profile full-size --in-process [--compile]     # no Ray needed: 1 client
 
 Prints JSON on the last line.
 """
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,32 +46,41 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(values), 1), "p99": round(percentile(values, 99), 1)}
 
 
-def bench_config(config: Path, profile: str, folder: Path) -> Path:
-    """``config`` with the profile switched and, off the tiny profile, demo styles whose LoRAs fit SD1.5."""
+def styles_for(profile: str, folder: Path) -> Path:
+    """The shipped styles, their LoRAs rewritten to fit SD1.5 off the tiny profile."""
+    if profile == "tiny":
+        return REPO / "styles"
     sys.path.insert(0, str(REPO / "scripts"))
     from make_demo_styles import write_demo_loras
 
+    styles = Path(shutil.copytree(REPO / "styles", folder / "styles"))
+    write_demo_loras(styles, profile)
+    return styles
+
+
+def bench_config(config: Path, profile: str, compile_unet: bool, folder: Path) -> Path:
+    """``config`` with the profile (and compilation) switched and styles that fit the profile's base model."""
     data = yaml.safe_load(config.read_text())
     args = data["applications"][0]["args"]
-    args["profile"] = profile
-    if profile != "tiny":
-        styles = Path(shutil.copytree(REPO / "styles", folder / "styles"))
-        write_demo_loras(styles, profile)
-        args["styles_dir"] = str(styles)
+    args.update(profile=profile, compile_unet=compile_unet, styles_dir=str(styles_for(profile, folder)))
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-def run_level(url: str, image: bytes, fields: dict, concurrency: int, requests: int) -> dict:
+Call = Callable[[], tuple[float, dict[str, float]]]
+"""One request: its latency (ms) and its per-stage timings (ms)."""
+
+
+def run_level(call: Call, concurrency: int, requests: int) -> dict:
     """``requests`` requests from ``concurrency`` clients: latency per request and per stage, throughput."""
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda _: post(url, image, fields), range(requests)))
+        results = list(pool.map(lambda _: call(), range(requests)))
     elapsed = time.perf_counter() - start
     stages: dict[str, list[float]] = {}
-    for _, response in results:
-        for stage, ms in response["timings"].items():
+    for _, timings in results:
+        for stage, ms in timings.items():
             stages.setdefault(stage, []).append(ms)
     return {
         "requests": requests,
@@ -77,6 +88,38 @@ def run_level(url: str, image: bytes, fields: dict, concurrency: int, requests: 
         "stage_ms": {stage: summary(values) for stage, values in stages.items()},
         "throughput_rps": round(requests / elapsed, 3),
     }
+
+
+def in_process_call(profile: str, compile_unet: bool, styles: Path, image: bytes, fields: dict) -> Call:
+    """The five stages in this process (no Ray: runs where only the model libraries are installed)."""
+    from serve_app.pipeline.models import ModelSettings, load_models
+    from serve_app.pipeline.portrait import PortraitPipeline
+    from serve_app.schemas import PortraitOptions
+    from serve_app.styles import StyleCatalog
+
+    pipeline = PortraitPipeline(load_models(ModelSettings(profile=profile, compile_unet=compile_unet)))
+    style, options = StyleCatalog(styles).get(fields["style"]), PortraitOptions(**fields)
+
+    def call() -> tuple[float, dict[str, float]]:
+        start = time.perf_counter()
+        run = pipeline.generate(image, style, options)
+        return (time.perf_counter() - start) * 1000, run.timings
+
+    return call
+
+
+def http_call(url: str, image: bytes, fields: dict) -> Call:
+    def call() -> tuple[float, dict[str, float]]:
+        latency, response = post(url, image, fields)
+        return latency, response["timings"]
+
+    return call
+
+
+def measure(call: Call, concurrency: list[int], requests: int) -> dict:
+    for _ in range(2):  # warm-up: style load, first-call allocations (and compilation, when on)
+        call()
+    return {str(c): run_level(call, c, max(requests, c)) for c in concurrency}
 
 
 def gpu_memory_by_deployment() -> dict[str, int]:
@@ -102,32 +145,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (styles hot-swapped)")
+    parser.add_argument("--in-process", action="store_true", help="no Serve: the stages in this process, 1 client")
     args = parser.parse_args()
 
     from serve_app.__main__ import sample_face
 
     image = sample_face()
-    fields = {
-        "style": STYLE,
-        "num_candidates": 4,
-        "top_k": 2,
-        "upscale": 2,
-        "size": args.size,
-        "steps": args.steps,
-        "seed": 1,
-    }
+    fields = {"style": STYLE, "num_candidates": 4, "top_k": 2, "upscale": 2, "size": args.size, "steps": args.steps}
+    memory: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
-        config = bench_config(args.config, args.profile, Path(folder))
-        port = yaml.safe_load(config.read_text())["http_options"]["port"]
-        with served(config, port, start_timeout_s=900) as url:
-            for _ in range(2):  # warm-up: style load, first-call allocations (and compilation, when on)
-                post(url, image, fields)
-            levels = {str(c): run_level(url, image, fields, c, max(args.requests, c)) for c in args.concurrency}
-    print(
-        json.dumps(
-            {"profile": args.profile, "workload": fields | {"upscaled_side": 2 * args.size}, "concurrency": levels}
-        )
-    )
+        if args.in_process:
+            call = in_process_call(args.profile, args.compile, styles_for(args.profile, Path(folder)), image, fields)
+            levels = measure(call, [1], args.requests)
+        else:
+            config = bench_config(args.config, args.profile, args.compile, Path(folder))
+            port = yaml.safe_load(config.read_text())["http_options"]["port"]
+            with served(config, port, start_timeout_s=900) as url:
+                levels = measure(http_call(url, image, fields | {"seed": 1}), args.concurrency, args.requests)
+                memory = gpu_memory_by_deployment()
+    result = {
+        "profile": args.profile,
+        "mode": "in_process" if args.in_process else "serve",
+        "compile_unet": args.compile,
+        "workload": fields | {"upscaled_side": 2 * args.size},
+        "concurrency": levels,
+        "gpu_memory_mib": memory,
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
