@@ -18,7 +18,7 @@ class Preprocessor:
     def __init__(self, args: PortraitAppArgs) -> None:
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
-        self.models.build("faces", "face_parser", "face_restorer", "identity_encoder", "recognizer")
+        self.models.build("faces", "face_parser", "face_restorer", "identity_recognizer", "recognizer")
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
         self.metrics = StageMetrics(STAGE)
 

@@ -24,6 +24,7 @@ from serve_app.pipeline.models.production import ProductionWeights, verify_loada
 from serve_app.pipeline.models.weights import (
     DEFAULT_MANIFEST,
     WeightsError,
+    WeightsManifest,
     check_files,
     fetch,
     load_manifest,
@@ -100,16 +101,20 @@ def command_validate(args: argparse.Namespace) -> int:
 
 
 def command_weights_fetch(args: argparse.Namespace) -> int:
+    """Every file checked (and fetched where missing or corrupt) by ``fetch`` itself, then every model loaded once."""
     manifest = load_manifest(args.manifest)
     stored = fetch(args.dir, manifest)
     print(f"{args.dir}: stored {len(stored)} file(s){': ' + ', '.join(stored) if stored else ' (all present and intact)'}")
-    return command_weights_verify(args)
+    return report_weights(args, manifest, [])
 
 
 def command_weights_verify(args: argparse.Namespace) -> int:
     """Offline: every file present with its recorded sha256, then every model loaded once."""
     manifest = load_manifest(args.manifest)
-    problems = check_files(args.dir, manifest)
+    return report_weights(args, manifest, check_files(args.dir, manifest))
+
+
+def report_weights(args: argparse.Namespace, manifest: WeightsManifest, problems: list[str]) -> int:
     if not problems and not args.skip_loading:
         problems = verify_loadable(ProductionWeights(args.dir, manifest))
     for problem in problems:

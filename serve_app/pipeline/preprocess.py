@@ -13,7 +13,6 @@ from serve_app.pipeline.errors import NoFaceError
 from serve_app.pipeline.faces import DetectedFace, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
-from serve_app.pipeline.recognition import ArcFaceRecognizer
 from serve_app.pipeline.restoration import restore_region
 
 WORKING_MAX_SIDE = 1024
@@ -49,10 +48,12 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
     # The fused region is the face without the reference's hair: hair follows the style, not the render.
     fused_region = parsing.face * (1.0 - parsing.hair)
     aligned_mask = cv2.warpAffine(fused_region, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
+    identity = models.identity_recognizer.describe(enhanced, face)
+    ranking = models.recognizer
     return Reference(
         face=face,
         aligned_face=aligned,
         aligned_mask=aligned_mask,
-        identity_embedding=ArcFaceRecognizer(models.identity_encoder).describe(enhanced, face),
-        recognition_descriptor=models.recognizer.describe(enhanced, face),
+        identity_embedding=identity,
+        recognition_descriptor=identity if ranking is models.identity_recognizer else ranking.describe(enhanced, face),
     )

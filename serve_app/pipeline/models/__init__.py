@@ -90,11 +90,17 @@ class Models:
         return FaceAnalyzer(self.source.face_detector())
 
     @functools.cached_property
+    def identity_recognizer(self) -> ArcFaceRecognizer:
+        """The ArcFace embedding that conditions the sampler."""
+        return ArcFaceRecognizer(self.identity_encoder)
+
+    @functools.cached_property
     def recognizer(self) -> Recognizer:
-        """ArcFace ranks, except on tiny, whose ArcFace is a small random net: dlib's real ResNet ranks there."""
+        """What ranks: ArcFace (the same object as ``identity_recognizer``), except on tiny, whose ArcFace is a
+        small random net: dlib's real ResNet ranks there."""
         if self.profile == "tiny":
             return DlibRecognizer(self.faces)
-        return ArcFaceRecognizer(self.identity_encoder)
+        return self.identity_recognizer
 
     @functools.cached_property
     def face_parser(self) -> FaceParser:
