@@ -34,7 +34,7 @@ class Upscaler:
         return [
             EncodedPortrait(
                 encode_png(
-                    upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_box, scale)
+                    upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points, scale)
                 ),
                 PortraitImage.of(p),
             )

@@ -24,12 +24,13 @@ def test_super_resolution_size_and_content(models, portrait, scale):
     assert np.abs(upscaled.astype(int) - nearest.astype(int)).mean() < 25
 
 
-def test_face_restoration_changes_the_face_region_only(models, portrait):
-    box = (40.0, 20.0, 80.0, 70.0)
+def test_face_restoration_changes_the_face_region_only(models, astronaut, portrait):
+    face = models.faces.detect(astronaut)[0].scaled(128 / astronaut.shape[0])
     plain = upscale_portrait(models.upscalers, models.face_restorer, portrait, None, 2)
-    restored = upscale_portrait(models.upscalers, models.face_restorer, portrait, box, 2)
-    assert not np.array_equal(plain[40:140, 80:160], restored[40:140, 80:160])
-    assert np.array_equal(plain[:, :50], restored[:, :50]) and np.array_equal(plain[180:], restored[180:])
+    restored = upscale_portrait(models.upscalers, models.face_restorer, portrait, face.five_points, 2)
+    x0, y0, x1, y1 = (round(2 * v) for v in face.box)
+    assert not np.array_equal(plain[y0:y1, x0:x1], restored[y0:y1, x0:x1])
+    assert np.array_equal(plain[:, : x0 - 10], restored[:, : x0 - 10]) and np.array_equal(plain[y1 + 20 :], restored[y1 + 20 :])
 
 
 def test_scale_one_keeps_the_size(models, portrait):

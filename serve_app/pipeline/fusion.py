@@ -45,7 +45,7 @@ class RankedPortrait:
     image: np.ndarray
     seed: int
     identity_score: float
-    face_box: tuple[float, float, float, float] | None
+    face_points: np.ndarray | None  # the five points of the fused face, which the upscaler restores
     placement: str | None
     rejected: str | None
 
@@ -180,7 +180,7 @@ class FusionRanker:
                     image=fused.image,
                     seed=candidate.seed,
                     identity_score=score,
-                    face_box=face.box if face else None,
+                    face_points=face.five_points if face else None,
                     placement=fused.placement,
                     rejected=rejected,
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ class PortraitPipeline:
 
     def _upscaled(self, portrait: RankedPortrait, scale: int) -> RankedPortrait:
         image: np.ndarray = upscale_portrait(
-            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.face_box, scale
+            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.face_points, scale
         )
-        box = None if portrait.face_box is None else tuple(v * scale for v in portrait.face_box)
-        return RankedPortrait(image, portrait.seed, portrait.identity_score, box, portrait.placement, portrait.rejected)
+        points = None if portrait.face_points is None else portrait.face_points * scale
+        return dataclasses.replace(portrait, image=image, face_points=points)

@@ -13,7 +13,7 @@ from serve_app.pipeline.errors import NoFaceError
 from serve_app.pipeline.faces import DetectedFace, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
-from serve_app.pipeline.restoration import restore_region
+from serve_app.pipeline.restoration import restore_face
 
 WORKING_MAX_SIDE = 1024
 ALIGNED_SIZE = 256
@@ -43,7 +43,7 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
     parsing = models.face_parser.parse(image, face)
     face_width = face.box[2] - face.box[0]
     beautified = smooth_skin(image, parsing.skin, face_width)
-    enhanced = restore_region(beautified, face.box, models.face_restorer, ENHANCEMENT_STRENGTH)
+    enhanced = restore_face(beautified, face.five_points, models.face_restorer, ENHANCEMENT_STRENGTH)
     aligned, matrix = align_face(enhanced, face, ALIGNED_SIZE)
     # The fused region is the face without the reference's hair: hair follows the style, not the render.
     fused_region = parsing.face * (1.0 - parsing.hair)

@@ -1,7 +1,10 @@
-"""Face restoration and the feathered paste-back shared by the preprocessor and the upscaler."""
+"""Face restoration and its paste-back, shared by the preprocessor and the upscaler: the face is warped onto the
+FFHQ five-point template (the alignment GFPGAN and CodeFormer were trained on), restored, and blended back
+through the inverse warp with a feathered face ellipse."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Protocol
 
@@ -9,18 +12,33 @@ import cv2
 import numpy as np
 from spandrel import ImageModelDescriptor
 
-from serve_app.pipeline.beautify import feather
 from serve_app.pipeline.image_models import run_image_model
+
+# facexlib's FaceRestoreHelper template at 512², in ARCFACE_TEMPLATE's point order (eyes, nose tip, mouth corners).
+FFHQ_TEMPLATE_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043], [313.08905, 371.15118]],
+    dtype=np.float32,
+)
+# The part of the aligned crop pasted back, on the 512² template: hairline to chin, ear to ear. The rest of the
+# crop (hair, neck, background) is the restorer's weakest work and stays as it was.
+FACE_ELLIPSE_512 = ((256, 290), (165, 205))
+PASTE_FEATHER = 0.1  # of the crop side
+NATIVE_SIDE_RANGE = (64, 1024)
 
 
 class FaceRestorer(Protocol):
+    side: int | None
+    """The square crop it restores (``None``: any side; the face is then aligned at its own scale)."""
+
     def restore(self, face: np.ndarray) -> np.ndarray:
-        """Restore an RGB face crop; returns an image of the same size."""
+        """Restore an RGB face crop aligned on ``FFHQ_TEMPLATE_512`` scaled to its side; same size out."""
 
 
 class ClassicalFaceRestorer:
     """The tiny profile's restorer: non-local-means denoising (softens render artefacts and decals), CLAHE on
     lightness (photo-like local contrast) and a light unsharp mask. Production uses GFPGAN/CodeFormer."""
+
+    side = None
 
     def restore(self, face: np.ndarray) -> np.ndarray:
         denoised = cv2.fastNlMeansDenoisingColored(face, None, 5, 5, 5, 15)
@@ -32,8 +50,8 @@ class ClassicalFaceRestorer:
 
 
 class NetworkFaceRestorer:
-    """GFPGAN (or CodeFormer) through spandrel: the crop is resized to the network's square input (512² for
-    GFPGAN), restored in [-1, 1] as GFPGAN was trained, and resized back. One forward pass at a time."""
+    """GFPGAN (or CodeFormer) through spandrel on its square input (512² for GFPGAN), in [-1, 1] as GFPGAN was
+    trained. One forward pass at a time."""
 
     def __init__(self, model: ImageModelDescriptor) -> None:
         self.model = model
@@ -41,34 +59,41 @@ class NetworkFaceRestorer:
         self._lock = threading.Lock()
 
     def restore(self, face: np.ndarray) -> np.ndarray:
-        height, width = face.shape[:2]
-        square = cv2.resize(face, (self.side, self.side), interpolation=cv2.INTER_CUBIC)
         with self._lock:
-            restored = run_image_model(self.model, square, value_range=(-1, 1))
-        return cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
+            return run_image_model(self.model, face, value_range=(-1, 1))
 
 
-def restore_region(
-    image: np.ndarray,
-    box: tuple[float, float, float, float],
-    restorer: FaceRestorer,
-    strength: float,
-) -> np.ndarray:
-    """Restore the face in ``box`` (grown by a quarter) and paste it back through a feathered ellipse."""
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = box
-    grow_x, grow_y = 0.25 * (x1 - x0), 0.25 * (y1 - y0)
-    left, top = int(max(0, x0 - grow_x)), int(max(0, y0 - grow_y))
-    right, bottom = int(min(width, x1 + grow_x)), int(min(height, y1 + grow_y))
-    if right - left < 8 or bottom - top < 8:
+def native_side(points: np.ndarray) -> int:
+    """The crop side at which the template's eyes are as far apart as the face's (a multiple of 8)."""
+    eyes = float(np.linalg.norm(points[1] - points[0]))
+    template_eyes = float(np.linalg.norm(FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0]))
+    side = int(round(512 * eyes / template_eyes / 8)) * 8
+    return int(np.clip(side, *NATIVE_SIDE_RANGE))
+
+
+@functools.cache
+def face_ellipse(side: int) -> np.ndarray:
+    """The paste-back weight on a ``side``² aligned crop: 0 outside the face ellipse, rising smoothly to 1 over
+    ``PASTE_FEATHER`` of the side inside it (a blur would leak outside)."""
+    mask = np.zeros((side, side), np.uint8)
+    (cx, cy), (ax, ay) = FACE_ELLIPSE_512
+    scale = side / 512
+    cv2.ellipse(mask, (round(cx * scale), round(cy * scale)), (round(ax * scale), round(ay * scale)), 0, 0, 360, 1, -1)
+    ramp = np.clip(cv2.distanceTransform(mask, cv2.DIST_L2, 5) / (PASTE_FEATHER * side), 0, 1)
+    return ramp * ramp * (3 - 2 * ramp)
+
+
+def restore_face(image: np.ndarray, points: np.ndarray, restorer: FaceRestorer, strength: float) -> np.ndarray:
+    """Restore the face whose five points are ``points`` and blend it in at ``strength`` (0 keeps the image)."""
+    side = restorer.side or native_side(points)
+    matrix, _ = cv2.estimateAffinePartial2D(points, FFHQ_TEMPLATE_512 * (side / 512), method=cv2.LMEDS)
+    if matrix is None:
         return image
-    crop = image[top:bottom, left:right]
+    crop = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     restored = restorer.restore(crop)
-    ellipse = np.zeros(crop.shape[:2], np.float32)
-    center = ((right - left) // 2, (bottom - top) // 2)
-    cv2.ellipse(ellipse, center, (int(center[0] * 0.85), int(center[1] * 0.85)), 0, 0, 360, 1.0, -1)
-    weight = (strength * feather(ellipse, 0.1 * (right - left)))[..., None]
-    out = image.copy()
-    blended = crop.astype(np.float32) * (1 - weight) + restored.astype(np.float32) * weight
-    out[top:bottom, left:right] = np.clip(blended, 0, 255).astype(np.uint8)
-    return out
+    inverse = cv2.invertAffineTransform(matrix)
+    height, width = image.shape[:2]
+    pasted = cv2.warpAffine(restored, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    weight = strength * cv2.warpAffine(face_ellipse(side), inverse, (width, height), flags=cv2.INTER_LINEAR)[..., None]
+    blended = image.astype(np.float32) * (1 - weight) + pasted.astype(np.float32) * weight
+    return np.clip(blended, 0, 255).astype(np.uint8)

@@ -1,5 +1,5 @@
-"""Stage 5, the upscaler: RRDBNet (Real-ESRGAN) super-resolution ×2/×4 through spandrel, then face restoration
-of the face region pasted back with a feathered mask."""
+"""Stage 5, the upscaler: RRDBNet (Real-ESRGAN) super-resolution ×2/×4 through spandrel, then restoration of
+the aligned face, pasted back through a feathered face ellipse."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.image_models import run_image_model
-from serve_app.pipeline.restoration import FaceRestorer, restore_region
+from serve_app.pipeline.restoration import FaceRestorer, restore_face
 
 FACE_RESTORATION_STRENGTH = 0.8
 
@@ -16,14 +16,15 @@ def upscale_portrait(
     upscalers: dict[int, ImageModelDescriptor],
     restorer: FaceRestorer,
     image: np.ndarray,
-    face_box: tuple[float, float, float, float] | None,
+    face_points: np.ndarray | None,
     scale: int,
 ) -> np.ndarray:
-    """Super-resolve by ``scale`` (1 keeps the size) and restore the face in ``face_box`` (given before scaling)."""
+    """Super-resolve by ``scale`` (1 keeps the size) and restore the face whose five points (given before
+    scaling) are ``face_points``."""
     if scale != 1:
         if scale not in upscalers:
             raise ValueError(f"no upscaler for ×{scale}; available: {sorted(upscalers)}")
         image = run_image_model(upscalers[scale], image)
-    if face_box is None:
+    if face_points is None:
         return image
-    return restore_region(image, tuple(v * scale for v in face_box), restorer, FACE_RESTORATION_STRENGTH)
+    return restore_face(image, face_points * scale, restorer, FACE_RESTORATION_STRENGTH)
