@@ -219,11 +219,16 @@ def test_segformer_parser_gives_image_sized_masks_within_the_head(weights_dir, m
     assert not parsing.face[:, : int(face.box[0] - 0.7 * (face.box[2] - face.box[0]))].any()  # outside the crop
 
 
-def test_scrfd_detection_gives_faces_with_dlib_landmarks(weights_dir, manifest, astronaut):
+def test_scrfd_detection_gives_faces_with_its_own_keypoints(weights_dir, manifest, astronaut):
     from serve_app.pipeline.faces import FaceAnalyzer
 
     faces = FaceAnalyzer(ProductionWeights(weights_dir, manifest).face_detector()).detect(astronaut)
-    assert faces and all(face.landmarks.shape == (68, 2) for face in faces)
+    # SCRFD's five keypoints, no dlib landmarks: the research-only 68-point predictor is not used in production
+    assert faces and all(face.five_points.shape == (5, 2) and face.landmarks is None for face in faces)
+    for face in faces:
+        x0, y0, x1, y1 = face.box
+        margin = x1 - x0
+        assert (face.five_points >= (x0 - margin, y0 - margin)).all() and (face.five_points <= (x1 + margin, y1 + margin)).all()
     assert [face.area for face in faces] == sorted((face.area for face in faces), reverse=True)
     height, width = astronaut.shape[:2]
     assert all(0 <= f.box[0] < f.box[2] <= width and 0 <= f.box[1] < f.box[3] <= height for f in faces)

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from serve_app.pipeline.faces import ARCFACE_TEMPLATE
+
 SEED = 20261125
 OPSET = 13
 IR_VERSION = 8
@@ -34,6 +36,11 @@ SCRFD_HEADS = (
 # Scores are sigmoid(logit + bias): this bias lets a few textured locations of a photo pass det_thresh = 0.5
 # (5 on skimage's astronaut) while a blank image gives none.
 SCRFD_SCORE_BIAS = -1.6
+# Keypoints are the ArcFace template's five points laid over the ≈2-stride box (offsets in stride units from the
+# anchor centre), plus a little of the random head, so alignment downstream gets a face-shaped, non-degenerate
+# set of points as from the real detector.
+SCRFD_KPS_LAYOUT = (ARCFACE_TEMPLATE / 56.0 - 1.0).reshape(-1)
+SCRFD_KPS_NOISE = 0.05
 
 SWAPPER_SIZE = 128
 EMBEDDING_DIM = 512
@@ -56,10 +63,10 @@ def write_scrfd_onnx(path: Path) -> Path:
         "score_b": np.full(anchors, SCRFD_SCORE_BIAS, dtype=np.float32),
         # Relu(≈1) box distances, about one stride each side, keep decoded boxes well-formed.
         "bbox_b": np.ones(anchors * 4, dtype=np.float32),
-        "kps_b": np.zeros(anchors * 10, dtype=np.float32),
+        "kps_b": np.tile(SCRFD_KPS_LAYOUT, anchors),
     }
     for head, _, width, _ in SCRFD_HEADS:
-        initializers[f"{head}_w"] = weight(anchors * width, channels, 1, 1)
+        initializers[f"{head}_w"] = weight(anchors * width, channels, 1, 1) * (SCRFD_KPS_NOISE if head == "kps" else 1)
         initializers[f"{head}_rows"] = np.array([-1, width], dtype=np.int64)
 
     # An 8×8 patch embedding, then two 2×2 downsamplings: floor(H/s) × floor(W/s) cells per stride, the grid

@@ -1,7 +1,8 @@
 """Face detection, landmarks, alignment and recognition with the real models that ship in packages: dlib's HOG
 detector, 68-point shape predictor and ResNet face descriptor (``face_recognition_models`` data files) and
-OpenCV's Haar cascade as a second detector. The production profile detects with insightface's SCRFD instead;
-landmarks stay dlib's 68 points, found in SCRFD's boxes."""
+OpenCV's Haar cascade as a second detector. The production profile detects with insightface's SCRFD instead and
+takes its five keypoints (what insightface aligns ArcFace and inswapper with); dlib's 68-point predictor, whose
+training data is licensed for research only, is not used there."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
 )
+# The face's extent on that template: ear to ear, chin to the top of the forehead (dlib's jaw line and lifted brows).
+TEMPLATE_FACE_BOX = (18.0, 14.0, 94.0, 116.0)
 MIN_DETECTION_SIDE = 320
 HOG_WINDOW = 80  # dlib's HOG detector finds faces of about 80 px and up
 GENERATED_FACE_FRACTION = 1 / 3  # a generated portrait's face spans at least a third of the image side
@@ -34,22 +37,25 @@ SCRFD_INPUT = (640, 640)
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face: its box (x0, y0, x1, y1) and 68 dlib landmarks (x, y), in image pixels."""
+    """One face in image pixels: its box (x0, y0, x1, y1) and five points (x, y) in ARCFACE_TEMPLATE's order;
+    ``landmarks`` are dlib's 68 points where dlib placed them (not in production)."""
 
     box: tuple[float, float, float, float]
-    landmarks: np.ndarray
+    five_points: np.ndarray
+    landmarks: np.ndarray | None = None
+
+    @classmethod
+    def from_landmarks(cls, box: tuple[float, float, float, float], landmarks: np.ndarray) -> DetectedFace:
+        """A face from dlib's 68 points: eye centres, nose tip and mouth corners make its five points."""
+        five = np.stack(
+            [landmarks[36:42].mean(0), landmarks[42:48].mean(0), landmarks[30], landmarks[48], landmarks[54]]
+        )
+        return cls(box, five.astype(np.float32), landmarks)
 
     @property
     def area(self) -> float:
         x0, y0, x1, y1 = self.box
         return (x1 - x0) * (y1 - y0)
-
-    @property
-    def five_points(self) -> np.ndarray:
-        points = self.landmarks
-        return np.stack(
-            [points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]]
-        ).astype(np.float32)
 
     def is_frontal(self, max_yaw: float = 0.35, max_roll_degrees: float = 40.0) -> bool:
         """False for extreme poses: the nose far off the eye midline, or a steeply tilted eye line."""
@@ -62,12 +68,20 @@ class DetectedFace:
         return abs(nose_position - 0.5) <= max_yaw and roll <= max_roll_degrees
 
     def scaled(self, factor: float) -> DetectedFace:
-        return DetectedFace(tuple(v * factor for v in self.box), self.landmarks * factor)
+        landmarks = None if self.landmarks is None else self.landmarks * factor
+        return DetectedFace(tuple(v * factor for v in self.box), self.five_points * factor, landmarks)
+
+
+def dlib_landmarks(face: DetectedFace) -> np.ndarray:
+    """The face's 68 dlib points; only dlib-found faces (tiny and full-size profiles) have them."""
+    if face.landmarks is None:
+        raise ValueError("this face has no dlib landmarks (found by SCRFD); use the production face parser")
+    return face.landmarks
 
 
 def face_outline_points(face: DetectedFace) -> np.ndarray:
     """Jaw line closed over a forehead arc: the brows lifted by a third of the brow-to-chin distance."""
-    points = face.landmarks
+    points = dlib_landmarks(face)
     brows = points[17:27][::-1]
     lift = 0.33 * (points[8, 1] - brows[:, 1].min())
     return np.concatenate([points[0:17], brows - np.array([0.0, lift], dtype=np.float32)])
@@ -104,7 +118,9 @@ class FaceAnalyzer:
     def __init__(self, detector: SCRFD | None = None) -> None:
         self._detector = detector
         self._hog = dlib.get_frontal_face_detector()
-        self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+        self._shape = (
+            None if detector else dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+        )
         self._recognizer = dlib.face_recognition_model_v1(
             str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
         )
@@ -128,13 +144,13 @@ class FaceAnalyzer:
             return []
         with self._lock:
             if self._detector is not None:
-                boxes = self._network_boxes(area, min_face or 0.0)
+                faces = self._network_faces(area, (x0, y0), min_face or 0.0)
             else:
                 boxes = self._hog_boxes(area, self._upsampling(min_face or self._photo_min_face(area)))
                 if fallbacks and not boxes:
                     boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
-            shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
-            faces = [self._landmarks(image, box) for box in shifted]
+                shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
+                faces = [self._landmarks(image, box) for box in shifted]
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
     def detect_generated(
@@ -159,12 +175,20 @@ class FaceAnalyzer:
         """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
         return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
 
-    def _network_boxes(self, image: np.ndarray, min_face: float) -> list[tuple[float, float, float, float]]:
-        """SCRFD's boxes (scores over its threshold) whose shorter side is at least half of ``min_face``."""
-        found, _ = self._detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)
-        height, width = image.shape[:2]
-        boxes = [tuple(float(v) for v in np.clip(row[:4], 0, [width, height, width, height])) for row in found]
-        return [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= 0.5 * min_face]
+    def _network_faces(
+        self, area: np.ndarray, offset: tuple[int, int], min_face: float
+    ) -> list[DetectedFace]:
+        """SCRFD's faces in ``area`` (scores over its threshold, shorter side at least half of ``min_face``) with
+        its keypoints, in the coordinates of the image ``area`` was cut from at ``offset``."""
+        found, keypoints = self._detector.detect(cv2.cvtColor(area, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)
+        height, width = area.shape[:2]
+        faces = []
+        for row, points in zip(found, keypoints):
+            x0, y0, x1, y1 = (float(v) for v in np.clip(row[:4], 0, [width, height, width, height]))
+            if min(x1 - x0, y1 - y0) >= 0.5 * min_face:
+                dx, dy = offset
+                faces.append(DetectedFace((x0 + dx, y0 + dy, x1 + dx, y1 + dy), (points + offset).astype(np.float32)))
+        return faces
 
     def _hog_boxes(self, image: np.ndarray, upsample: int) -> list[tuple[float, float, float, float]]:
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._hog(image, upsample)]
@@ -185,9 +209,9 @@ class FaceAnalyzer:
         rect = dlib.rectangle(*(int(round(v)) for v in box))
         shape = self._shape(image, rect)
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-        return DetectedFace(box=tuple(float(v) for v in box), landmarks=points)
+        return DetectedFace.from_landmarks(tuple(float(v) for v in box), points)
 
     @staticmethod
     def _full_object_detection(face: DetectedFace) -> dlib.full_object_detection:
         rect = dlib.rectangle(*(int(round(v)) for v in face.box))
-        return dlib.full_object_detection(rect, [dlib.point(int(x), int(y)) for x, y in face.landmarks])
+        return dlib.full_object_detection(rect, [dlib.point(int(x), int(y)) for x, y in dlib_landmarks(face)])

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from serve_app.pipeline.beautify import feather
-from serve_app.pipeline.faces import DetectedFace, face_outline_points
+from serve_app.pipeline.faces import TEMPLATE_FACE_BOX, DetectedFace, similarity_to_template
 
 Ellipse = tuple[tuple[float, float], tuple[float, float]]
 """((centre x, centre y), (radius x, radius y)) in pixels."""
@@ -17,11 +17,13 @@ FEATHER_FRACTION = 0.2
 
 
 def face_ellipse(face: DetectedFace) -> Ellipse:
-    """The ellipse bounding a face's outline (jaw and forehead)."""
-    outline = face_outline_points(face)
-    low, high = outline.min(0), outline.max(0)
-    centre, radii = (low + high) / 2, (high - low) / 2
-    return (float(centre[0]), float(centre[1])), (float(radii[0]), float(radii[1]))
+    """The ellipse bounding a face (jaw to forehead, ear to ear): the ArcFace template's face box carried onto
+    the face by the similarity of its five points (so any detector's five points will do)."""
+    to_face = cv2.invertAffineTransform(similarity_to_template(face.five_points, 112))
+    fx0, fy0, fx1, fy1 = TEMPLATE_FACE_BOX
+    centre = to_face @ np.array([(fx0 + fx1) / 2, (fy0 + fy1) / 2, 1.0])
+    scale = float(np.sqrt(abs(np.linalg.det(to_face[:, :2]))))
+    return (float(centre[0]), float(centre[1])), ((fx1 - fx0) / 2 * scale, (fy1 - fy0) / 2 * scale)
 
 
 def prior_ellipse(size: int, center: tuple[float, float], radii: tuple[float, float]) -> Ellipse:

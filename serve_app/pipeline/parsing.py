@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from serve_app.pipeline.faces import DetectedFace, face_outline_points
+from serve_app.pipeline.faces import DetectedFace, dlib_landmarks, face_outline_points
 
 if TYPE_CHECKING:
     from transformers import SegformerForSemanticSegmentation
@@ -36,7 +36,7 @@ def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
 
 def features_mask(shape: tuple[int, int], face: DetectedFace) -> np.ndarray:
     """Eyes, brows, nostrils and mouth, dilated: what skin smoothing must leave sharp."""
-    points = face.landmarks
+    points = dlib_landmarks(face)
     mask = np.zeros(shape, np.uint8)
     for polygon in (points[36:42], points[42:48], points[48:60], points[31:36]):
         cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
@@ -50,7 +50,7 @@ def features_mask(shape: tuple[int, int], face: DetectedFace) -> np.ndarray:
 
 def skin_colour_mask(image: np.ndarray, face: DetectedFace, region: np.ndarray) -> np.ndarray:
     """Pixels of ``region`` whose chroma (YCrCb) lies close to the cheeks' colour distribution."""
-    points = face.landmarks
+    points = dlib_landmarks(face)
     cheeks = np.zeros(region.shape, np.uint8)
     for a, b, c in ((1, 31, 48), (15, 35, 54)):
         cv2.fillPoly(cheeks, [np.round(points[[a, b, c]]).astype(np.int32)], 1)
@@ -105,7 +105,7 @@ def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray, no
     head_mask = np.zeros_like(face_region)
     head_mask[cy0:cy1, cx0:cx1] = cv2.resize(head_small, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     above_chin = np.zeros_like(face_region)
-    above_chin[: int(face.landmarks[8, 1]), :] = 1
+    above_chin[: int(dlib_landmarks(face)[8, 1]), :] = 1
     return head_mask & above_chin & (1 - not_hair)
 
 

@@ -16,7 +16,13 @@ from serve_app.pipeline.image_models import run_image_model
 
 # facexlib's FaceRestoreHelper template at 512², in ARCFACE_TEMPLATE's point order (eyes, nose tip, mouth corners).
 FFHQ_TEMPLATE_512 = np.array(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043], [313.08905, 371.15118]],
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
     dtype=np.float32,
 )
 # The part of the aligned crop pasted back, on the 512² template: hairline to chin, ear to ear. The rest of the
@@ -67,7 +73,7 @@ def native_side(points: np.ndarray) -> int:
     """The crop side at which the template's eyes are as far apart as the face's (a multiple of 8)."""
     eyes = float(np.linalg.norm(points[1] - points[0]))
     template_eyes = float(np.linalg.norm(FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0]))
-    side = int(round(512 * eyes / template_eyes / 8)) * 8
+    side = round(512 * eyes / template_eyes / 8) * 8
     return int(np.clip(side, *NATIVE_SIDE_RANGE))
 
 
