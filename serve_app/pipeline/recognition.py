@@ -9,12 +9,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.utils import face_align
 
-from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer, align_face
+from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer
 
 SAME_PERSON_DISTANCE = 0.6  # dlib: Euclidean descriptor distance
 SAME_PERSON_COSINE = 0.4  # ArcFace (w600k_r50): a common verification threshold
-RECOGNITION_SIZE = 112
 
 
 class Recognizer(Protocol):
@@ -43,9 +43,11 @@ class ArcFaceRecognizer:
         self.model = model
 
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
-        """The L2-normalised ArcFace embedding of the face aligned on the 112² template."""
-        crop, _ = align_face(image, face, RECOGNITION_SIZE)
-        embedding = self.model.get_feat([cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)])[0]
+        """The L2-normalised ArcFace embedding, made as insightface makes ``Face.normed_embedding`` (``norm_crop``
+        of the five points): IP-Adapter-FaceID was trained on exactly those embeddings."""
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        crop = face_align.norm_crop(bgr, landmark=face.five_points, image_size=self.model.input_size[0])
+        embedding = self.model.get_feat([crop])[0]
         return (embedding / max(float(np.linalg.norm(embedding)), 1e-12)).astype(np.float32)
 
     def similarity(self, descriptor: np.ndarray, reference: np.ndarray) -> float:
