@@ -44,7 +44,8 @@ class PortraitImage(BaseModel):
         description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in the layout mask"
     )
     rejected: str | None = Field(
-        description="null for an accepted portrait; otherwise why it only fills the K (no_face, several_faces, …)"
+        description="null for an accepted portrait; otherwise why it only fills the K: no_face, several_faces, "
+        "extreme_pose, or unsafe_content (the safety check flagged it; its pixels are black)"
     )
 
     @classmethod

@@ -69,6 +69,7 @@ def write_hub(hub: Path, manifest: WeightsManifest) -> None:
         "upscaler_x2": lambda folder, files: torch.save(tiny.rrdbnet_state_dict(2), folder / files[0]),
         "upscaler_x4": lambda folder, files: torch.save(tiny.rrdbnet_state_dict(4), folder / files[0]),
         "face_restorer": lambda folder, files: torch.save({"params_ema": gfpgan_state_dict()}, folder / files[0]),
+        "safety_checker": write_safety_checker,
     }
     for name, model in manifest.models.items():
         folder = hub / model.repo
@@ -102,6 +103,13 @@ def write_base_model(folder: Path, files: list[str]) -> None:
     tiny.write_tokenizer_files(tokenizer)
     (tokenizer / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS))
     (tokenizer / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77, **SPECIAL_TOKENS}))
+
+
+def write_safety_checker(folder: Path, files: list[str]) -> None:
+    """The pipeline folder's ``safety_checker`` (fp16 variant) and ``feature_extractor``, as diffusers saves them."""
+    checker = tiny.build_safety_checker(torch.device("cpu"), torch.float16)
+    checker.model.save_pretrained(folder / "safety_checker", variant="fp16")
+    checker.processor.save_pretrained(folder / "feature_extractor")
 
 
 def write_ip_adapter(folder: Path, files: list[str]) -> None:

@@ -52,6 +52,13 @@ def test_ip_adapter_faceid_sd15_shapes(meta_pipeline):
     assert ip_adapter["31.to_v_ip.weight"].shape == (1280, 768)
 
 
+def test_safety_checker_is_sd15s():
+    checker = full_size.build_safety_checker(torch.device("meta"), torch.float32)
+    assert parameter_count(checker.model) == 303_981_588  # CLIP ViT-L/14 vision tower, projection, concepts
+    assert checker.model.concept_embeds.shape == (17, 768) and checker.model.special_care_embeds.shape == (3, 768)
+    assert checker.processor.crop_size == {"height": 224, "width": 224}
+
+
 @pytest.mark.parametrize(("scale", "parameters"), [(2, 16_703_171), (4, 16_697_987)])
 def test_rrdbnet_is_real_esrgan(astronaut, scale, parameters):
     upscaler = ModelLoader().load_from_state_dict(full_size.rrdbnet_state_dict(scale)).eval()

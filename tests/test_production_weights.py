@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.inswapper import INSwapper
 from insightface.model_zoo.scrfd import SCRFD
@@ -149,6 +150,9 @@ def test_production_loaders_give_the_production_classes(weights_dir, manifest):
     assert weights.face_parser().model.config.id2label[13] == "hair"
     assert {scale: model.scale for scale, model in weights.upscalers().items()} == {2: 2, 4: 4}
     assert weights.face_restorer().model.architecture.id == "GFPGAN"
+    safety = weights.safety_checker()
+    assert isinstance(safety.model, StableDiffusionSafetyChecker) and safety.model.dtype == torch.float32
+    assert safety.processor.crop_size == {"height": 32, "width": 32}  # the tiny checker's feature_extractor
 
 
 def test_production_diffusion_has_identity_lora_fused_and_gated_attention(weights_dir, manifest_file):

@@ -1,7 +1,8 @@
 """Stage 4, the fusion ranker: fuse the reference face into each candidate — insightface's inswapper onto the
 candidate's face in production, landmark-aligned seamless cloning otherwise (and where the candidate has no face
-and the layout mask says where it belongs) — score identity (see ``recognition``), reject broken faces and keep
-the top K — always K, the shortfall filled with flagged rejects."""
+and the layout mask says where it belongs) — check it is safe (see ``safety``), score identity (see
+``recognition``), reject broken faces and unsafe images, and keep the top K — always K, the shortfall filled with
+flagged rejects."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from serve_app.pipeline.masks import mask_box, to_image_resolution
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference
 from serve_app.pipeline.recognition import Recognizer
+from serve_app.pipeline.safety import UNSAFE_CONTENT, SafetyChecker
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
@@ -123,12 +125,14 @@ def swap_face(swapper: INSwapper, image: np.ndarray, face: DetectedFace, embeddi
 
 
 class FusionRanker:
-    def __init__(self, faces: FaceAnalyzer, recognizer: Recognizer, swapper: INSwapper | None = None) -> None:
-        self.faces, self.recognizer, self.swapper = faces, recognizer, swapper
+    def __init__(
+        self, faces: FaceAnalyzer, recognizer: Recognizer, safety: SafetyChecker, swapper: INSwapper | None = None
+    ) -> None:
+        self.faces, self.recognizer, self.safety, self.swapper = faces, recognizer, safety, swapper
 
     @classmethod
     def of(cls, models: Models) -> FusionRanker:
-        return cls(models.faces, models.recognizer, models.face_swapper)
+        return cls(models.faces, models.recognizer, models.safety_checker, models.face_swapper)
 
     def score(
         self, image: np.ndarray, descriptor: np.ndarray, region: tuple[float, float, float, float] | None = None
@@ -163,11 +167,17 @@ class FusionRanker:
         image = fuse_face(candidate.image, target_points, aligned, source_points, reference.aligned_mask)
         return Fused(image, placement, face_region(target_points, side), None)
 
+    def checked(self, fused: list[Fused]) -> list[Fused]:
+        """Every fused image through the safety check: flagged ones are blacked out and rejected."""
+        flags = self.safety.flags([f.image for f in fused])
+        return [
+            Fused(np.zeros_like(f.image), None, None, UNSAFE_CONTENT) if unsafe else f for f, unsafe in zip(fused, flags)
+        ]
+
     def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
-        """Fuse, score and sort every candidate; the best ``top_k``, accepted ones first."""
+        """Fuse, safety-check, score and sort every candidate; the best ``top_k``, accepted ones first."""
         portraits = []
-        for candidate in candidates:
-            fused = self.fuse(candidate, reference)
+        for candidate, fused in zip(candidates, self.checked([self.fuse(c, reference) for c in candidates])):
             score, face, rejected = (
                 self.score(fused.image, reference.recognition_descriptor, fused.region)
                 if fused.broken is None

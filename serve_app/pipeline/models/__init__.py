@@ -31,6 +31,7 @@ from serve_app.pipeline.models.sources import ModelSource, model_source
 from serve_app.pipeline.parsing import FaceParser
 from serve_app.pipeline.recognition import ArcFaceRecognizer, DlibRecognizer, Recognizer
 from serve_app.pipeline.restoration import FaceRestorer
+from serve_app.pipeline.safety import SafetyChecker
 
 PROFILES = ("tiny", "full-size", "production")
 IDENTITY_LORA = "faceid_0"  # the LoRA IP-Adapter-FaceID checkpoints carry, as diffusers names it
@@ -117,6 +118,10 @@ class Models:
     @functools.cached_property
     def face_restorer(self) -> FaceRestorer:
         return self.source.face_restorer()
+
+    @functools.cached_property
+    def safety_checker(self) -> SafetyChecker:
+        return self.source.safety_checker()
 
     def build(self, *names: str) -> None:
         """Build these models now (a replica's start-up) rather than on its first request."""

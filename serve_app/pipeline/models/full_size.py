@@ -1,7 +1,7 @@
 """The ``full-size`` profile: the production architectures (SD1.5, IP-Adapter-FaceID SD1.5, an IResNet-50
-shaped ArcFace recognizer, Real-ESRGAN x2plus/x4plus RRDBNets) with seeded random weights, in the formats
-production weights come in, to benchmark speed without weight files. Function names and return types mirror
-``tiny`` so the two profiles are interchangeable."""
+shaped ArcFace recognizer, Real-ESRGAN x2plus/x4plus RRDBNets, GFPGAN v1.4, SD1.5's safety checker) with seeded
+random weights, in the formats production weights come in, to benchmark speed without weight files. Function
+names and return types mirror ``tiny`` so the two profiles are interchangeable."""
 
 from __future__ import annotations
 
@@ -19,11 +19,20 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import place_image_model
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
+from serve_app.pipeline.safety import SafetyChecker
 
 RRDB_FEATURES = 64
 RRDB_BLOCKS = 23
 # IResNet-50 (insightface's w600k_r50): (width, blocks) per stage, each stage starting with a stride-2 block
 IRESNET50_STAGES = ((64, 3), (128, 4), (256, 14), (512, 3))
+CLIP_VIT_L14_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+}
 
 
 def build_diffusion_pipeline(
@@ -161,6 +170,11 @@ def rrdbnet_state_dict(scale: int) -> dict[str, dict[str, torch.Tensor]]:
 def build_face_restorer(device: torch.device) -> FaceRestorer:
     """GFPGAN v1.4's architecture with seeded random weights: production's restoration cost, not its output."""
     return NetworkFaceRestorer(place_image_model(ModelLoader().load_from_state_dict(gfpgan_state_dict()), device))
+
+
+def build_safety_checker(device: torch.device, dtype: torch.dtype) -> SafetyChecker:
+    """SD1.5's safety checker architecture (CLIP ViT-L/14 vision tower on 224², 304.0M parameters with its head)."""
+    return tiny.random_safety_checker(CLIP_VIT_L14_VISION, 768, device, dtype)
 
 
 def gfpgan_state_dict() -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 the library that owns its format — diffusers (base model as a diffusers folder, or one ``.safetensors`` via
 ``from_single_file`` with the folder's configs; IP-Adapter-FaceID), insightface's model zoo on onnxruntime
 (SCRFD detection, ArcFace recognition, inswapper; CUDA provider when present), spandrel (Real-ESRGAN, GFPGAN) and
-transformers (SegFormer face parsing). Nothing here downloads; a missing or corrupt file is named."""
+transformers (SegFormer face parsing, SD1.5's CLIP safety checker). Nothing here downloads; a missing or corrupt file is named."""
 
 from __future__ import annotations
 
@@ -12,19 +12,21 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.inswapper import INSwapper
 from insightface.model_zoo.scrfd import SCRFD
 from safetensors.torch import load_file
 from spandrel import ImageModelDescriptor, ModelLoader
-from transformers import SegformerForSemanticSegmentation
+from transformers import CLIPImageProcessor, SegformerForSemanticSegmentation
 
 from serve_app.pipeline.faces import SCRFD_INPUT
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
 from serve_app.pipeline.parsing import SegformerFaceParser
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
+from serve_app.pipeline.safety import SafetyChecker
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".onnx")
 IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")
@@ -97,6 +99,15 @@ class ProductionWeights:
     def face_restorer(self) -> FaceRestorer:
         return NetworkFaceRestorer(self.image_model("face_restorer", "GFPGAN"))
 
+    def safety_checker(self) -> SafetyChecker:
+        folder = self.model_folder("safety_checker")
+        variant = "fp16" if any(folder.glob("safety_checker/*.fp16.safetensors")) else None
+        model = StableDiffusionSafetyChecker.from_pretrained(
+            folder / "safety_checker", variant=variant, dtype=self.dtype, local_files_only=True
+        )
+        processor = CLIPImageProcessor.from_pretrained(folder / "feature_extractor", local_files_only=True)
+        return SafetyChecker(model.to(self.device).eval(), processor)
+
     def onnx_model(self, name: str, expected: type) -> Any:
         path = self.model_file(name)
         model = get_model(str(path), providers=onnx_providers())
@@ -123,6 +134,7 @@ class ProductionWeights:
             "upscaler_x2": lambda: self.image_model("upscaler_x2", "ESRGAN"),
             "upscaler_x4": lambda: self.image_model("upscaler_x4", "ESRGAN"),
             "face_restorer": self.face_restorer,
+            "safety_checker": self.safety_checker,
         }
 
 

@@ -20,6 +20,7 @@ from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.parsing import FaceParser, LandmarkFaceParser
 from serve_app.pipeline.restoration import FaceRestorer
+from serve_app.pipeline.safety import SafetyChecker
 
 if TYPE_CHECKING:
     from serve_app.pipeline.models import ModelSettings
@@ -43,6 +44,8 @@ class ModelSource(Protocol):
     def face_parser(self) -> FaceParser: ...
 
     def face_swapper(self) -> INSwapper | None: ...
+
+    def safety_checker(self) -> SafetyChecker: ...
 
 
 class RandomWeights:
@@ -82,6 +85,9 @@ class RandomWeights:
 
     def face_swapper(self) -> None:
         """Seamless cloning fuses: a random inswapper would paste noise."""
+
+    def safety_checker(self) -> SafetyChecker:
+        return self.builders.build_safety_checker(self.device, self.dtype)
 
 
 def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> ModelSource:

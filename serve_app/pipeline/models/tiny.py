@@ -1,5 +1,5 @@
 """The ``tiny`` profile: SD1.5-shaped diffusion parts, IP-Adapter-FaceID weights, an ArcFace-signature ONNX
-recognizer and RRDBNet upscalers, all from small configs with seeded random weights, written in the same formats
+recognizer, RRDBNet upscalers and the SD safety checker, all from small configs with seeded random weights, written in the same formats
 production weights come in, so every production loading and inference path runs offline in seconds."""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import numpy as np
 import onnx
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from onnx import TensorProto, helper, numpy_helper
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from serve_app.pipeline.restoration import ClassicalFaceRestorer, FaceRestorer
+from serve_app.pipeline.safety import SafetyChecker
 
 SEED = 20261125
 CROSS_ATTENTION_DIM = 32
@@ -25,6 +27,14 @@ IDENTITY_TOKENS = 4
 RRDB_FEATURES = 16
 RRDB_GROWTH = 32  # spandrel detects ESRGAN with the official growth width only
 RRDB_BLOCKS = 1
+SAFETY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
 
 SD15_SCHEDULER = {
     "num_train_timesteps": 1000,
@@ -234,6 +244,23 @@ def rrdbnet_state_dict(
 def build_face_restorer(device: torch.device) -> FaceRestorer:
     """Classical restoration: a random-weight GFPGAN would destroy the face (the device does not matter)."""
     return ClassicalFaceRestorer()
+
+
+def build_safety_checker(device: torch.device, dtype: torch.dtype) -> SafetyChecker:
+    """A two-layer CLIP vision tower on 32² inputs with the checker's head."""
+    return random_safety_checker(SAFETY_VISION, CROSS_ATTENTION_DIM, device, dtype)
+
+
+def random_safety_checker(vision: dict, projection_dim: int, device: torch.device, dtype: torch.dtype) -> SafetyChecker:
+    """``StableDiffusionSafetyChecker`` with a random vision tower of this config and the CLIP preprocessing at its
+    input size. The concept embeddings and thresholds keep diffusers' initial values (all ones): a cosine never
+    exceeds 1, so random weights flag nothing, and the check still runs on every candidate."""
+    torch.manual_seed(SEED + 40)
+    with torch.device(device):
+        model = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vision, projection_dim=projection_dim))
+    side = vision["image_size"]
+    processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    return SafetyChecker(model.to(dtype).eval(), processor)
 
 
 def random_style_lora(unet: UNet2DConditionModel, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
