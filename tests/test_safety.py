@@ -8,6 +8,7 @@ import copy
 import cv2
 import numpy as np
 import pytest
+import skimage.data
 import torch
 
 from serve_app.pipeline.fusion import Candidate, FusionRanker
@@ -58,11 +59,14 @@ def test_flagged_candidates_are_rejected_and_blacked_out(models, candidates, ref
 
 
 def test_safe_candidates_fill_the_k_first(models, candidates, reference):
+    """Accepted portraits, then other rejects (still portraits), then the blacked-out unsafe ones."""
+    cat = cv2.resize(skimage.data.chelsea(), (SIDE, SIDE))
+    faceless = Candidate(cat, 9, candidates[0].mask)  # an empty layout mask too: nowhere to put the face
     unsafe_first = FirstUnsafe(models.safety_checker.model, models.safety_checker.processor)
     ranker = FusionRanker(models.faces, models.recognizer, unsafe_first, models.face_swapper)
-    ranked = ranker.rank(candidates, reference, top_k=3)
-    assert [p.rejected == UNSAFE_CONTENT for p in ranked] == [False, False, True]
-    assert ranked[-1].seed == 0 and not ranked[-1].image.any()
+    ranked = ranker.rank([candidates[0], faceless, candidates[1]], reference, top_k=3)
+    assert [(p.seed, p.rejected) for p in ranked] == [(1, None), (9, "no_face"), (0, UNSAFE_CONTENT)]
+    assert not ranked[-1].image.any() and ranked[1].image.any()
 
 
 def test_the_checker_runs_in_the_models_dtype(models, candidates):

@@ -98,6 +98,11 @@ def fuse_face(
     return cv2.seamlessClone(warped, target, mask * 255, centre, cv2.NORMAL_CLONE)
 
 
+def rank_key(portrait: RankedPortrait) -> tuple[bool, bool, float]:
+    """Accepted first, then the other rejects (still portraits), blacked-out unsafe ones last; by score within."""
+    return portrait.accepted, portrait.rejected != UNSAFE_CONTENT, portrait.identity_score
+
+
 @dataclass(frozen=True)
 class Fused:
     """A candidate after fusion: the image, how the face was placed, the region to look for it, or why broken."""
@@ -175,7 +180,7 @@ class FusionRanker:
         ]
 
     def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
-        """Fuse, safety-check, score and sort every candidate; the best ``top_k``, accepted ones first."""
+        """Fuse, safety-check, score and sort every candidate; the best ``top_k``."""
         portraits = []
         for candidate, fused in zip(candidates, self.checked([self.fuse(c, reference) for c in candidates])):
             score, face, rejected = (
@@ -193,4 +198,4 @@ class FusionRanker:
                     rejected=rejected,
                 )
             )
-        return sorted(portraits, key=lambda p: (p.accepted, p.identity_score), reverse=True)[:top_k]
+        return sorted(portraits, key=rank_key, reverse=True)[:top_k]
