@@ -3,6 +3,7 @@ IP-Adapter-FaceID SD1.5 shapes, the Real-ESRGAN RRDBNets through spandrel, the I
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -74,8 +75,10 @@ def test_rrdbnet_is_real_esrgan(astronaut, scale, parameters):
 
 
 @pytest.fixture(scope="module")
-def arcface_path(tmp_path_factory) -> Path:
-    return full_size.write_arcface_onnx(tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
+def arcface_path(tmp_path_factory) -> Iterator[Path]:
+    path = full_size.write_arcface_onnx(tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
+    yield path
+    path.unlink()  # 174 MB
 
 
 def test_arcface_onnx_loads_as_arcface(arcface_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +44,19 @@ def manifest_file(tmp_path_factory, manifest) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory, manifest) -> Path:
+def hub(tmp_path_factory, manifest) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("hub")
     write_hub(folder, manifest)
-    return folder
+    yield folder
+    shutil.rmtree(folder)  # ≈ 350 MB, mostly the GFPGAN-sized pickle
 
 
 @pytest.fixture(scope="session")
-def weights_dir(tmp_path_factory, hub, manifest) -> Path:
+def weights_dir(tmp_path_factory, hub, manifest) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("weights")
     fetch(folder, manifest, hub_downloader(hub))
-    return folder
+    yield folder
+    shutil.rmtree(folder)
 
 
 @pytest.fixture()
