@@ -235,7 +235,8 @@ def test_scrfd_detection_gives_faces_with_its_own_keypoints(weights_dir, manifes
     for face in faces:
         x0, y0, x1, y1 = face.box
         margin = x1 - x0
-        assert (face.five_points >= (x0 - margin, y0 - margin)).all() and (face.five_points <= (x1 + margin, y1 + margin)).all()
+        low, high = (x0 - margin, y0 - margin), (x1 + margin, y1 + margin)
+        assert (face.five_points >= low).all() and (face.five_points <= high).all()
     assert [face.area for face in faces] == sorted((face.area for face in faces), reverse=True)
     height, width = astronaut.shape[:2]
     assert all(0 <= f.box[0] < f.box[2] <= width and 0 <= f.box[1] < f.box[3] <= height for f in faces)

@@ -175,9 +175,7 @@ class FaceAnalyzer:
         """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
         return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
 
-    def _network_faces(
-        self, area: np.ndarray, offset: tuple[int, int], min_face: float
-    ) -> list[DetectedFace]:
+    def _network_faces(self, area: np.ndarray, offset: tuple[int, int], min_face: float) -> list[DetectedFace]:
         """SCRFD's faces in ``area`` (scores over its threshold, shorter side at least half of ``min_face``) with
         its keypoints, in the coordinates of the image ``area`` was cut from at ``offset``."""
         found, keypoints = self._detector.detect(cv2.cvtColor(area, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)

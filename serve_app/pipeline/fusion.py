@@ -174,10 +174,8 @@ class FusionRanker:
 
     def checked(self, fused: list[Fused]) -> list[Fused]:
         """Every fused image through the safety check: flagged ones are blacked out and rejected."""
-        flags = self.safety.flags([f.image for f in fused])
-        return [
-            Fused(np.zeros_like(f.image), None, None, UNSAFE_CONTENT) if unsafe else f for f, unsafe in zip(fused, flags)
-        ]
+        unsafe = self.safety.flags([f.image for f in fused])
+        return [Fused(np.zeros_like(f.image), None, None, UNSAFE_CONTENT) if bad else f for f, bad in zip(fused, unsafe)]
 
     def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
         """Fuse, safety-check, score and sort every candidate; the best ``top_k``."""
