@@ -28,4 +28,5 @@ class FusionRanker:
         with stopwatch(timings, STAGE):
             ranked = await self.compute.run(self.ranker.rank, candidates.value, reference.value, job.options.top_k)
         self.metrics.latency(timings[STAGE])
+        self.metrics.images(portrait.rejected for portrait in ranked)
         return Staged(ranked, timings)

@@ -1,7 +1,10 @@
 """Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, requests in
-flight at the ingress, and LoRA cache hits and misses."""
+flight at the ingress, LoRA cache hits and misses, and returned portraits by outcome (accepted or why rejected,
+``unsafe_content`` among them)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ray.serve import metrics
 
@@ -32,6 +35,12 @@ class StageMetrics:
             tag_keys=("stage", "result"),
         )
 
+        self._images = metrics.Counter(
+            "portrait_images",
+            description="Portraits returned, by outcome: accepted, or the reason they only fill the K.",
+            tag_keys=("stage", "outcome"),
+        )
+
     def latency(self, milliseconds: float) -> None:
         self._latency.observe(milliseconds, tags={"stage": self.stage})
 
@@ -40,6 +49,10 @@ class StageMetrics:
 
     def lora_lookup(self, hit: bool) -> None:
         self._lora.inc(tags={"stage": self.stage, "result": "hit" if hit else "miss"})
+
+    def images(self, rejected: Iterable[str | None]) -> None:
+        for reason in rejected:
+            self._images.inc(tags={"stage": self.stage, "outcome": reason or "accepted"})
 
 
 def in_flight_gauge() -> metrics.Gauge:

@@ -180,6 +180,21 @@ def metric_total(metrics_url: str, name: str, **labels: str) -> float:
     return total
 
 
+def test_returned_images_are_counted_by_outcome(serve_url, metrics_url, sample_face):
+    body = post_multipart(serve_url, sample_face, style="film-noir", **SMALL).json()
+    outcomes = {image["rejected"] or "accepted" for image in body["images"]}
+
+    def counted() -> bool:
+        return all(
+            metric_total(metrics_url, "ray_portrait_images_total", stage="fusion", outcome=o) >= 1 for o in outcomes
+        )
+
+    deadline = time.monotonic() + 30
+    while not counted() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert counted()
+
+
 def test_second_request_for_a_style_is_a_cache_hit(serve_url, metrics_url, sample_face):
     post_multipart(serve_url, sample_face, style="summer-beach", **SMALL)
     second = post_multipart(serve_url, sample_face, style="summer-beach", **SMALL).json()
