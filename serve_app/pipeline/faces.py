@@ -26,8 +26,6 @@ ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
 )
-# The face's extent on that template: ear to ear, chin to the top of the forehead (dlib's jaw line and lifted brows).
-TEMPLATE_FACE_BOX = (18.0, 14.0, 94.0, 116.0)
 MIN_DETECTION_SIDE = 320
 HOG_WINDOW = 80  # dlib's HOG detector finds faces of about 80 px and up
 GENERATED_FACE_FRACTION = 1 / 3  # a generated portrait's face spans at least a third of the image side

@@ -15,7 +15,7 @@ import torch
 from insightface.app.common import Face
 from insightface.model_zoo.inswapper import INSwapper
 
-from serve_app.pipeline.faces import ARCFACE_TEMPLATE, TEMPLATE_FACE_BOX, DetectedFace, FaceAnalyzer
+from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer
 from serve_app.pipeline.masks import mask_box, to_image_resolution
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference
@@ -24,6 +24,8 @@ from serve_app.pipeline.safety import UNSAFE_CONTENT, SafetyChecker
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
+# The face's extent on the 112² ArcFace template (jaw to forehead), used to place a face inside a mask box.
+TEMPLATE_FACE_BOX = (18.0, 20.0, 94.0, 112.0)
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,23 @@ import cv2
 import numpy as np
 
 from serve_app.pipeline.beautify import feather
-from serve_app.pipeline.faces import TEMPLATE_FACE_BOX, DetectedFace, similarity_to_template
+from serve_app.pipeline.faces import DetectedFace, similarity_to_template
 
 Ellipse = tuple[tuple[float, float], tuple[float, float]]
 """((centre x, centre y), (radius x, radius y)) in pixels."""
 
 MASK_GROWTH = 1.25
+# A face's outline on the 112² ArcFace template: ear to ear, chin to the top of the forehead (dlib's jaw line and
+# lifted brows fit inside).
+TEMPLATE_OUTLINE_BOX = (18.0, 14.0, 94.0, 116.0)
 FEATHER_FRACTION = 0.2
 
 
 def face_ellipse(face: DetectedFace) -> Ellipse:
-    """The ellipse bounding a face (jaw to forehead, ear to ear): the ArcFace template's face box carried onto
-    the face by the similarity of its five points (so any detector's five points will do)."""
+    """The ellipse bounding a face (jaw to forehead, ear to ear): the template's outline box carried onto the face
+    by the similarity of its five points (so any detector's five points will do)."""
     to_face = cv2.invertAffineTransform(similarity_to_template(face.five_points, 112))
-    fx0, fy0, fx1, fy1 = TEMPLATE_FACE_BOX
+    fx0, fy0, fx1, fy1 = TEMPLATE_OUTLINE_BOX
     centre = to_face @ np.array([(fx0 + fx1) / 2, (fy0 + fy1) / 2, 1.0])
     scale = float(np.sqrt(abs(np.linalg.det(to_face[:, :2]))))
     return (float(centre[0]), float(centre[1])), ((fx1 - fx0) / 2 * scale, (fy1 - fy0) / 2 * scale)

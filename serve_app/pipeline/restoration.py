@@ -49,7 +49,8 @@ class ClassicalFaceRestorer:
     def restore(self, face: np.ndarray) -> np.ndarray:
         denoised = cv2.fastNlMeansDenoisingColored(face, None, 5, 5, 5, 15)
         lab = cv2.cvtColor(denoised, cv2.COLOR_RGB2LAB)
-        lab[..., 0] = cv2.createCLAHE(clipLimit=1.5, tileGridSize=(4, 4)).apply(lab[..., 0])
+        # 5×5 tiles on the FFHQ-framed crop (≈ 1.7 face widths): each about a third of the face wide
+        lab[..., 0] = cv2.createCLAHE(clipLimit=1.5, tileGridSize=(5, 5)).apply(lab[..., 0])
         contrasted = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
         blurred = cv2.GaussianBlur(contrasted, (0, 0), 1.5)
         return cv2.addWeighted(contrasted, 1.4, blurred, -0.4, 0)
