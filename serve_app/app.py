@@ -19,7 +19,7 @@ from deployments.layout_generator import LayoutGenerator
 from deployments.preprocessor import Preprocessor
 from deployments.upscaler import Upscaler
 from serve_app.ingress import PortraitIngress
-from serve_app.pipeline.models.weights import DEFAULT_MANIFEST, WeightsError, load_manifest, require_files
+from serve_app.pipeline.models.weights import WeightsError, load_manifest, require_files
 from serve_app.schemas import PortraitAppArgs
 from serve_app.styles import StyleCatalog, StyleFolderError
 
@@ -60,7 +60,7 @@ def parse_args(args: dict[str, Any] | PortraitAppArgs) -> PortraitAppArgs:
         parsed = args if isinstance(args, PortraitAppArgs) else PortraitAppArgs.model_validate(args or {})
         StyleCatalog(parsed.styles_dir)
         if parsed.profile == "production":
-            require_files(parsed.weights_dir, load_manifest(parsed.weights_manifest or DEFAULT_MANIFEST))
+            require_files(parsed.weights_dir, load_manifest(parsed.weights_manifest))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in error.errors())
         raise PortraitConfigError(f"invalid Portrait Studio app args: {problems}") from None

@@ -92,10 +92,16 @@ def dlib_model_path(name: str) -> Path:
     return Path(spec.origin).parent / "models" / name
 
 
+def similarity(points: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+    """The 2×3 similarity transform (rotation, uniform scale, shift) taking ``points`` onto ``targets``, robust to
+    one misplaced point (least median of squares); None for degenerate points."""
+    matrix, _ = cv2.estimateAffinePartial2D(points, targets, method=cv2.LMEDS)
+    return matrix
+
+
 def similarity_to_template(points: np.ndarray, size: int) -> np.ndarray:
     """The 2×3 similarity transform taking five face points onto the ArcFace template scaled to ``size``."""
-    matrix, _ = cv2.estimateAffinePartial2D(points, ARCFACE_TEMPLATE * (size / 112.0), method=cv2.LMEDS)
-    return matrix
+    return similarity(points, ARCFACE_TEMPLATE * (size / 112.0))
 
 
 def align_face(image: np.ndarray, face: DetectedFace, size: int) -> tuple[np.ndarray, np.ndarray]:

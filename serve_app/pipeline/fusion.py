@@ -15,7 +15,7 @@ import torch
 from insightface.app.common import Face
 from insightface.model_zoo.inswapper import INSwapper
 
-from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer
+from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer, similarity
 from serve_app.pipeline.masks import mask_box, to_image_resolution
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference
@@ -85,7 +85,7 @@ def fuse_face(
 ) -> np.ndarray:
     """Warp ``source`` so its five points land on ``target_points`` and Poisson-blend its masked face in."""
     height, width = target.shape[:2]
-    matrix, _ = cv2.estimateAffinePartial2D(source_points, target_points, method=cv2.LMEDS)
+    matrix = similarity(source_points, target_points)
     warped = cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     mask = cv2.warpAffine(source_mask, matrix, (width, height), flags=cv2.INTER_LINEAR)
     mask = (mask > 0.5).astype(np.uint8)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from spandrel import ImageModelDescriptor
 
+from serve_app.pipeline.faces import similarity
 from serve_app.pipeline.image_models import run_image_model
 
 # facexlib's FaceRestoreHelper template at 512², in ARCFACE_TEMPLATE's point order (eyes, nose tip, mouth corners).
@@ -79,7 +80,7 @@ def native_side(points: np.ndarray) -> int:
 
 
 @functools.cache
-def face_ellipse(side: int) -> np.ndarray:
+def paste_weight(side: int) -> np.ndarray:
     """The paste-back weight on a ``side``² aligned crop: 0 outside the face ellipse, rising smoothly to 1 over
     ``PASTE_FEATHER`` of the side inside it (a blur would leak outside)."""
     mask = np.zeros((side, side), np.uint8)
@@ -93,7 +94,7 @@ def face_ellipse(side: int) -> np.ndarray:
 def restore_face(image: np.ndarray, points: np.ndarray, restorer: FaceRestorer, strength: float) -> np.ndarray:
     """Restore the face whose five points are ``points`` and blend it in at ``strength`` (0 keeps the image)."""
     side = restorer.side or native_side(points)
-    matrix, _ = cv2.estimateAffinePartial2D(points, FFHQ_TEMPLATE_512 * (side / 512), method=cv2.LMEDS)
+    matrix = similarity(points, FFHQ_TEMPLATE_512 * (side / 512))
     if matrix is None:
         return image
     crop = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -101,6 +102,6 @@ def restore_face(image: np.ndarray, points: np.ndarray, restorer: FaceRestorer, 
     inverse = cv2.invertAffineTransform(matrix)
     height, width = image.shape[:2]
     pasted = cv2.warpAffine(restored, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    weight = strength * cv2.warpAffine(face_ellipse(side), inverse, (width, height), flags=cv2.INTER_LINEAR)[..., None]
+    weight = strength * cv2.warpAffine(paste_weight(side), inverse, (width, height), flags=cv2.INTER_LINEAR)[..., None]
     blended = image.astype(np.float32) * (1 - weight) + pasted.astype(np.float32) * weight
     return np.clip(blended, 0, 255).astype(np.uint8)

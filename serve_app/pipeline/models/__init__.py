@@ -1,14 +1,16 @@
 """Every model the stages use, built in one place by profile.
 
 - ``tiny`` (the default for the demo, tests and CI) builds the diffusion parts, the IP-Adapter-FaceID weights, the
-  ArcFace-signature recognizer and the RRDBNet upscalers from small configs with seeded random weights.
+  ArcFace-signature recognizer, the RRDBNet upscalers and the safety checker from small configs with seeded random
+  weights.
 - ``full-size`` builds the production architectures (SD1.5, IP-Adapter-FaceID SD1.5, an ArcFace-sized recognizer,
-  Real-ESRGAN x2plus/x4plus, GFPGAN v1.4) with seeded random weights and no files: for measuring speed.
+  Real-ESRGAN x2plus/x4plus, GFPGAN v1.4, SD1.5's safety checker) with seeded random weights and no files: for
+  measuring speed.
 - ``production`` loads the real weights from a weights folder (``configs/weights.yaml``).
 
 All three go through the same loading APIs (``load_ip_adapter``, insightface's model zoo, spandrel) and the same
-placement (device, dtype, channels-last, optional compilation). The vision models used by every profile are real:
-dlib's detector, landmarks and face descriptor, OpenCV's cascades.
+placement (device, dtype, channels-last, optional compilation). The vision models of tiny and full-size are real:
+dlib's detector, landmarks and face descriptor, OpenCV's cascades; production detects with SCRFD.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 the library that owns its format — diffusers (base model as a diffusers folder, or one ``.safetensors`` via
 ``from_single_file`` with the folder's configs; IP-Adapter-FaceID), insightface's model zoo on onnxruntime
 (SCRFD detection, ArcFace recognition, inswapper; CUDA provider when present), spandrel (Real-ESRGAN, GFPGAN) and
-transformers (SegFormer face parsing, SD1.5's CLIP safety checker). Nothing here downloads; a missing or corrupt file is named."""
+transformers (SegFormer face parsing, SD1.5's CLIP safety checker). Nothing here downloads; a missing or corrupt
+file is named."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from transformers import CLIPImageProcessor, SegformerForSemanticSegmentation
 
 from serve_app.pipeline.faces import SCRFD_INPUT
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
+from serve_app.pipeline.models.sources import UPSCALE_FACTORS
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
 from serve_app.pipeline.parsing import SegformerFaceParser
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
@@ -70,8 +72,9 @@ class ProductionWeights:
             "requires_safety_checker": False,
         }
         if (folder / "model_index.json").is_file() and not single_file_checkpoints(folder):
-            variant = "fp16" if any(folder.glob("*/*.fp16.safetensors")) else None
-            return StableDiffusionPipeline.from_pretrained(folder, variant=variant, feature_extractor=None, **options)
+            return StableDiffusionPipeline.from_pretrained(
+                folder, variant=fp16_variant(folder), feature_extractor=None, **options
+            )
         return StableDiffusionPipeline.from_single_file(str(self.model_file("base")), config=str(folder), **options)
 
     def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
@@ -94,16 +97,15 @@ class ProductionWeights:
         return SegformerFaceParser(model.to(self.device).eval())
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
-        return {scale: self.image_model(f"upscaler_x{scale}", "ESRGAN") for scale in (2, 4)}
+        return {scale: self.image_model(f"upscaler_x{scale}", "ESRGAN") for scale in UPSCALE_FACTORS}
 
     def face_restorer(self) -> FaceRestorer:
         return NetworkFaceRestorer(self.image_model("face_restorer", "GFPGAN"))
 
     def safety_checker(self) -> SafetyChecker:
         folder = self.model_folder("safety_checker")
-        variant = "fp16" if any(folder.glob("safety_checker/*.fp16.safetensors")) else None
         model = StableDiffusionSafetyChecker.from_pretrained(
-            folder / "safety_checker", variant=variant, dtype=self.dtype, local_files_only=True
+            folder / "safety_checker", variant=fp16_variant(folder), dtype=self.dtype, local_files_only=True
         )
         processor = CLIPImageProcessor.from_pretrained(folder / "feature_extractor", local_files_only=True)
         return SafetyChecker(model.to(self.device).eval(), processor)
@@ -136,6 +138,11 @@ class ProductionWeights:
             "face_restorer": self.face_restorer,
             "safety_checker": self.safety_checker,
         }
+
+
+def fp16_variant(folder: Path) -> str | None:
+    """``"fp16"`` when the folder's component subfolders hold diffusers' fp16 variant files (``*.fp16.safetensors``)."""
+    return "fp16" if any(folder.glob("*/*.fp16.safetensors")) else None
 
 
 def single_file_checkpoints(folder: Path) -> list[Path]:

@@ -93,11 +93,11 @@ class RandomWeights:
 def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> ModelSource:
     if settings.profile == "production":
         from serve_app.pipeline.models.production import ProductionWeights
-        from serve_app.pipeline.models.weights import DEFAULT_MANIFEST, load_manifest
+        from serve_app.pipeline.models.weights import load_manifest
 
         if settings.weights_dir is None:
             raise ValueError("the production profile needs a weights folder (weights_dir)")
-        manifest = load_manifest(settings.weights_manifest or DEFAULT_MANIFEST)
+        manifest = load_manifest(settings.weights_manifest)
         return ProductionWeights(settings.weights_dir, manifest, device, dtype)
     if settings.profile == "full-size":
         from serve_app.pipeline.models import full_size

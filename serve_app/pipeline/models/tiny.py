@@ -1,6 +1,7 @@
 """The ``tiny`` profile: SD1.5-shaped diffusion parts, IP-Adapter-FaceID weights, an ArcFace-signature ONNX
-recognizer, RRDBNet upscalers and the SD safety checker, all from small configs with seeded random weights, written in the same formats
-production weights come in, so every production loading and inference path runs offline in seconds."""
+recognizer, RRDBNet upscalers and the SD safety checker, all from small configs with seeded random weights,
+written in the same formats production weights come in, so every production loading and inference path runs
+offline in seconds."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ IDENTITY_TOKENS = 4
 RRDB_FEATURES = 16
 RRDB_GROWTH = 32  # spandrel detects ESRGAN with the official growth width only
 RRDB_BLOCKS = 1
+SAFETY_PROJECTION_DIM = 32
 SAFETY_VISION = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -133,9 +135,9 @@ def write_tokenizer_files(folder: Path) -> None:
 
 
 def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
-    """Random IP-Adapter-FaceID weights shaped for ``unet`` (for SD1.5: ip-adapter-faceid_sd15 without its LoRA; any UNet: tiny or full-size)
-    in the published key layout: ``image_proj`` (MLP + LayerNorm from the 512-d face embedding to 4 tokens of
-    ``unet.config.cross_attention_dim``) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per
+    """Random IP-Adapter-FaceID weights shaped for ``unet``, tiny or full-size (for SD1.5: ip-adapter-faceid_sd15
+    without its LoRA), in the published key layout: ``image_proj`` (MLP + LayerNorm from the 512-d face embedding
+    to 4 tokens of ``unet.config.cross_attention_dim``) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per
     cross-attention processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
     generator = torch.Generator().manual_seed(SEED + 1)
 
@@ -199,11 +201,12 @@ def write_arcface_onnx(path: Path) -> Path:
 def rrdbnet_state_dict(
     scale: int, features: int = RRDB_FEATURES, blocks: int = RRDB_BLOCKS
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """A Real-ESRGAN RRDBNet state dict (``full_size`` sizes it as RealESRGAN_x4plus / x2plus: 64 features, 23 blocks, 16.7M parameters) with the official
-    basicsr key names (``conv_first``, ``body.i.rdbj.convk``, ``conv_up1`` …) wrapped in ``params_ema``; ×2
-    models see a pixel-unshuffled 12-channel input. Seeded weights: identity kernels on the image path and
-    basicsr's ``default_init_weights`` (Kaiming × 0.1) in the residual dense blocks, so the upscaler is a
-    nearest-neighbour upscaler plus a small random residual and outputs stay finite and viewable. """
+    """A Real-ESRGAN RRDBNet state dict (``full_size`` sizes it as RealESRGAN_x4plus / x2plus: 64 features,
+    23 blocks, 16.7M parameters) with the official basicsr key names (``conv_first``, ``body.i.rdbj.convk``,
+    ``conv_up1`` …) wrapped in ``params_ema``; ×2 models see a pixel-unshuffled 12-channel input. Seeded weights:
+    identity kernels on the image path and basicsr's ``default_init_weights`` (Kaiming × 0.1) in the residual
+    dense blocks, so the upscaler is a nearest-neighbour upscaler plus a small random residual and outputs stay
+    finite and viewable."""
     generator = torch.Generator().manual_seed(SEED + 10 + scale)
     in_channels = 3 * (4 if scale == 2 else 1)
 
@@ -248,7 +251,7 @@ def build_face_restorer(device: torch.device) -> FaceRestorer:
 
 def build_safety_checker(device: torch.device, dtype: torch.dtype) -> SafetyChecker:
     """A two-layer CLIP vision tower on 32² inputs with the checker's head."""
-    return random_safety_checker(SAFETY_VISION, CROSS_ATTENTION_DIM, device, dtype)
+    return random_safety_checker(SAFETY_VISION, SAFETY_PROJECTION_DIM, device, dtype)
 
 
 def random_safety_checker(vision: dict, projection_dim: int, device: torch.device, dtype: torch.dtype) -> SafetyChecker:

@@ -74,8 +74,9 @@ class WeightsManifest(BaseModel):
                 yield name, model, weight
 
 
-def load_manifest(path: Path = DEFAULT_MANIFEST) -> WeightsManifest:
-    return WeightsManifest.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+def load_manifest(path: Path | None = None) -> WeightsManifest:
+    """The manifest at ``path``, by default the repository's ``configs/weights.yaml``."""
+    return WeightsManifest.model_validate(yaml.safe_load(Path(path or DEFAULT_MANIFEST).read_text(encoding="utf-8")))
 
 
 def file_sha256(path: Path) -> str:
