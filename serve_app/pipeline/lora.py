@@ -2,10 +2,10 @@
 activated per run, pinned while a run uses them, and unloaded when released — at once, or when the last run
 using the style ends (a cache may evict a style that a running batch still uses).
 
-With a compiled UNet (the pipeline has a slot, see ``create_slot``) module structure must never change after compilation, so there is one
-adapter slot, created at start-up at the target rank on every module a style may target (a zero LoRA), and a
-run's style is hot-swapped into it (``load_lora_weights(..., hotswap=True)``): loaded styles wait in host
-memory, and their weight scales the slot's scaling tensors in place.
+With a compiled UNet (the pipeline has a slot, see ``create_slot``) module structure must never change after
+compilation, so there is one adapter slot, created at start-up at the target rank on every module a style may
+target (a zero LoRA), and a run's style is hot-swapped into it (``load_lora_weights(..., hotswap=True)``):
+loaded styles wait in host memory, and their weight scales the slot's scaling tensors in place.
 """
 
 from __future__ import annotations
