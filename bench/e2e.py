@@ -21,7 +21,6 @@ import argparse
 import json
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from serving import REPO, post, served
+from serving import REPO, post, served, summary
 
 STYLE = "xmas-sweater"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 1), "p99": round(percentile(values, 99), 1)}
 
 
 def styles_for(profile: str, folder: Path) -> Path:
