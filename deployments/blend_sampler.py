@@ -14,7 +14,7 @@ from ray import serve
 
 from deployments.layout_generator import PlannedLayout
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread
+from deployments.replica import ComputeThread, log_documented_errors_once
 from deployments.staged import Staged
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.blend import BlendRun
@@ -37,6 +37,7 @@ class BlendResult:
 
 class BlendSampler:
     def __init__(self, args: PortraitAppArgs) -> None:
+        log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.pipe = load_models(args.model_settings()).diffusion
         self.metrics = StageMetrics(STAGE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread
+from deployments.replica import ComputeThread, log_documented_errors_once
 from deployments.staged import PortraitJob, Staged, merged_timings
 from serve_app.pipeline.fusion import Candidate, RankedPortrait
 from serve_app.pipeline.fusion import FusionRanker as Ranker
@@ -17,6 +17,7 @@ STAGE = "fusion"
 
 class FusionRanker:
     def __init__(self, args: PortraitAppArgs) -> None:
+        log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.ranker = Ranker.of(load_models(args.model_settings()))
         self.metrics = StageMetrics(STAGE)

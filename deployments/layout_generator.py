@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread
+from deployments.replica import ComputeThread, log_documented_errors_once
 from deployments.staged import PortraitJob, Staged, merged_timings
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts
@@ -35,6 +35,7 @@ class PlannedLayout:
 
 class LayoutGenerator:
     def __init__(self, args: PortraitAppArgs) -> None:
+        log_documented_errors_once()
         self.compute = ComputeThread(args)
         models = load_models(args.model_settings())
         self.pipe, self.faces = models.diffusion, models.faces

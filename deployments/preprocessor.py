@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread
+from deployments.replica import ComputeThread, log_documented_errors_once
 from deployments.staged import Staged
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models
@@ -16,6 +16,7 @@ STAGE = "preprocess"
 
 class Preprocessor:
     def __init__(self, args: PortraitAppArgs) -> None:
+        log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
         self.models.build("faces", "face_parser", "face_restorer", "identity_recognizer", "recognizer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread
+from deployments.replica import ComputeThread, log_documented_errors_once
 from deployments.staged import PortraitJob, Staged
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png
@@ -25,6 +25,7 @@ class EncodedPortrait:
 
 class Upscaler:
     def __init__(self, args: PortraitAppArgs) -> None:
+        log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
         self.models.build("upscalers", "face_restorer")

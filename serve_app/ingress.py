@@ -20,8 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,9 +41,11 @@ from serve_app.pipeline.errors import (
     ImageTooLargeError,
     InvalidImageError,
     InvalidParameterError,
+    MalformedBodyError,
     OverloadedError,
     PortraitError,
     RequestTimeoutError,
+    StageUnavailableError,
     UnsupportedMediaTypeError,
 )
 from serve_app.pipeline.portrait import resolve_seed
@@ -57,13 +66,17 @@ logger = logging.getLogger("ray.serve")
 MultiPartParser.spool_max_size = 128 * 1024 * 1024
 BASE64_OVERHEAD = 4 / 3
 ENVELOPE_BYTES = 64 * 1024
-RETRY_AFTER_S = "2"
+# A stage replica that died or cannot be reached (Serve restarts it), or an object it owned that died with it.
+STAGE_UNAVAILABLE = (
+    RayActorError, ObjectLostError, WorkerCrashedError, NodeDiedError, DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 
 Emit = Callable[[str, dict], Awaitable[None]]
 
 ERRORS = {
     status: {"model": ErrorResponse}
-    for status in (400, 404, 408, 410, 413, 415, 422, 503)
+    for status in (400, 404, 408, 409, 410, 413, 415, 422, 503)
 }
 
 app = FastAPI(
@@ -75,50 +88,79 @@ app.include_router(admin_router)
 
 
 class InternalError(PortraitError):
-    """A fault of the service, reported in-band on an event stream (elsewhere FastAPI answers 500)."""
+    """A fault of the service: a JSON 500, or an in-band error event on a stream."""
 
     code = "internal_error"
     http_status = 500
 
 
-def error_response(error: PortraitError, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(error: PortraitError) -> JSONResponse:
+    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
     return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
-def client_error(exception: BaseException) -> PortraitError | None:
-    """The client-caused error behind an exception, also when a stage raised it (Ray wraps those)."""
+def documented_error(exception: BaseException) -> PortraitError | None:
+    """The documented error behind an exception, also when a stage raised it (Ray wraps those); None for a
+    fault of the service."""
     if isinstance(exception, RayTaskError):
         exception = exception.cause
     if isinstance(exception, PortraitError):
         return exception
     if isinstance(exception, BackPressureError):
         return OverloadedError("the service is at capacity; retry shortly")
+    if isinstance(exception, STAGE_UNAVAILABLE):
+        return StageUnavailableError(
+            "a stage of the service restarted while serving this request; retry it (the same seed gives the "
+            "same portraits)"
+        )
     return None
+
+
+def log_refusal(request_id: str, error: PortraitError) -> None:
+    """A documented error is one log line (no traceback): tracebacks are kept for faults of the service."""
+    logger.info("request %s refused: %d %s", request_id, error.http_status, error.code)
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or request.headers.get("x-request-id", "-")
+
+
+def refuse(request: Request, error: PortraitError) -> JSONResponse:
+    log_refusal(request_id_of(request), error)
+    return error_response(error)
 
 
 @app.exception_handler(PortraitError)
 async def _portrait_error(request: Request, error: PortraitError) -> JSONResponse:
-    return error_response(error, {"Retry-After": RETRY_AFTER_S} if isinstance(error, OverloadedError) else None)
+    return refuse(request, error)
 
 
-@app.exception_handler(RayTaskError)
-async def _stage_error(request: Request, error: RayTaskError) -> JSONResponse:
-    """A client error raised inside a stage (e.g. a refused LoRA in a dry-run load) keeps its JSON answer."""
-    found = client_error(error)
+@app.exception_handler(RayError)
+async def _ray_error(request: Request, error: RayError) -> JSONResponse:
+    """A documented error raised inside a stage (e.g. a refused LoRA in a dry-run load) or a stage that became
+    unavailable keeps its JSON answer; anything else is a fault (answered by ``_internal_error``)."""
+    found = documented_error(error)
     if found is None:
         raise error
-    return error_response(found)
+    return refuse(request, found)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    return error_response(InvalidParameterError(_validation_message(error.errors())))
+    return refuse(request, InvalidParameterError(_validation_message(error.errors())))
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     body = {"error": {"code": "http_" + str(error.status_code), "message": str(error.detail)}}
     return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A fault of the service still answers JSON; Starlette re-raises it afterwards, so Serve logs its
+    traceback (with the request id) once."""
+    return error_response(InternalError(f"internal error; request id {request_id_of(request)}"))
 
 
 def _validation_message(errors: list) -> str:
@@ -132,7 +174,10 @@ async def read_portrait_request(request: Request, max_image_bytes: int) -> tuple
     if declared and declared.isdigit() and int(declared) > max_image_bytes * BASE64_OVERHEAD + ENVELOPE_BYTES:
         raise ImageTooLargeError(f"request body is {declared} bytes; images are limited to {max_image_bytes} bytes")
     if media_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16)
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except StarletteHTTPException as error:  # what Starlette makes of a multipart parse error
+            raise MalformedBodyError(f"the multipart body cannot be parsed: {error.detail}") from None
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise InvalidParameterError("multipart requests need the image as a file field named 'image'")
@@ -141,9 +186,10 @@ async def read_portrait_request(request: Request, max_image_bytes: int) -> tuple
     elif media_type == "application/json":
         try:
             fields = json.loads(await request.body())
+        except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, or nested too deep to parse
+            raise InvalidParameterError(f"the body is not valid UTF-8 JSON: {error}") from None
+        try:
             body = PortraitJSONRequest.model_validate(fields)
-        except json.JSONDecodeError as error:
-            raise InvalidParameterError(f"the body is not valid JSON: {error}") from None
         except ValidationError as error:
             raise InvalidParameterError(_validation_message(error.errors())) from None
         try:
@@ -237,6 +283,7 @@ class PortraitIngress:
         seed = resolve_seed(options)
         # Serve's proxy assigns (or keeps the client's) x-request-id and echoes it as the X-Request-ID header.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
         job = PortraitJob(request_id=request_id, style=style.versioned_id, options=options, seed=seed)
         logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", job.request_id, job.style, len(image),
                     options.num_candidates, options.top_k)
@@ -245,7 +292,7 @@ class PortraitIngress:
             return StreamingResponse(self._event_stream(job, image), media_type="text/event-stream")
         self._admit()
         try:
-            result = await self._run_with_timeout(job, image, emit=None)
+            result = await self._generate(job, image, emit=None)
         finally:
             self._release()
         return JSONResponse(result.model_dump())
@@ -277,13 +324,15 @@ class PortraitIngress:
                 await queue.put(None)
                 return
             try:
-                result = await self._run_with_timeout(job, image, emit)
+                result = await self._generate(job, image, emit)
                 await emit("result", result.model_dump())
             except Exception as exception:  # headers are sent: errors go in-band
-                error = client_error(exception)
+                error = documented_error(exception)
                 if error is None:
                     logger.exception("portrait %s failed", job.request_id)
-                    error = InternalError("internal error; the request id is in the X-Request-ID header")
+                    error = InternalError(f"internal error; request id {job.request_id}")
+                else:
+                    log_refusal(job.request_id, error)
                 await emit("error", error.to_dict())
             finally:
                 self._release()
@@ -296,16 +345,29 @@ class PortraitIngress:
         finally:
             producer.cancel()
 
-    async def _run_with_timeout(self, job: PortraitJob, image: bytes, emit: Emit | None) -> PortraitResponse:
+    async def _generate(self, job: PortraitJob, image: bytes, emit: Emit | None) -> PortraitResponse:
+        """The stage chain within the request timeout. A stage that dies mid-request (Serve restarts it) costs
+        one transparent retry: the job's seed is fixed, so the retry returns what the first try would have."""
+        deadline = asyncio.get_running_loop().time() + self.args.request_timeout_s
+        try:
+            return await self._attempt(job, image, emit, deadline)
+        except StageUnavailableError as error:
+            logger.warning("portrait %s: %s; retrying once", job.request_id, error.code)
+            if emit is not None:
+                await emit("retry", {"reason": error.code})
+            return await self._attempt(job, image, emit, deadline)
+
+    async def _attempt(self, job: PortraitJob, image: bytes, emit: Emit | None, deadline: float) -> PortraitResponse:
         responses: list[DeploymentResponse] = []
         try:
-            return await asyncio.wait_for(self._run(job, image, emit, responses), self.args.request_timeout_s)
+            async with asyncio.timeout_at(deadline):
+                return await self._run(job, image, emit, responses)
         except BaseException as exception:
             for response in responses:
                 response.cancel()
             if isinstance(exception, TimeoutError):
                 raise RequestTimeoutError(f"the request took over {self.args.request_timeout_s:g} s") from None
-            error = client_error(exception)
+            error = documented_error(exception)
             if error is None:
                 raise
             raise error from None

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -88,6 +89,12 @@ def app_args(live_styles_dir: Path) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    metrics_url: str
+    logs: Path
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One local Ray for the session, isolated in a temp folder, metrics on a loopback port; always shut down."""
@@ -109,19 +116,26 @@ def ray_cluster(tmp_path_factory):
         log_to_driver=False,
     )
     try:
-        yield f"http://127.0.0.1:{metrics_port}/metrics"
+        logs = Path(temp_dir) / "session_latest" / "logs"
+        yield RayCluster(metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", logs=logs)
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def metrics_url(ray_cluster: str) -> str:
-    return ray_cluster
+def metrics_url(ray_cluster: RayCluster) -> str:
+    return ray_cluster.metrics_url
 
 
 @pytest.fixture(scope="session")
-def serve_url(ray_cluster: str, app_args: dict):
+def ray_logs(ray_cluster: RayCluster) -> Path:
+    """Every log file the session's Ray, Serve and replicas write is under this folder."""
+    return ray_cluster.logs
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster: RayCluster, app_args: dict):
     from ray import serve
 
     from serve_app.app import build_app

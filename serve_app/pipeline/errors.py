@@ -1,13 +1,16 @@
-"""Errors a client can cause. Each carries a stable machine-readable code and the HTTP status the API maps it to."""
+"""Errors the API answers with a documented status: caused by the request, or a condition the client may retry
+(overload, timeout, a stage restarting) — never a fault in the service's code. Each carries a stable
+machine-readable code and the HTTP status the API maps it to."""
 
 from __future__ import annotations
 
 
 class PortraitError(Exception):
-    """Base class for errors caused by the request, never by the service."""
+    """Base class of the documented errors (4xx, 503): nothing to log beyond one line."""
 
     code: str = "bad_request"
     http_status: int = 400
+    retry_after_s: int | None = None  # sent as Retry-After: the client may retry the same request then
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -66,6 +69,13 @@ class InvalidParameterError(PortraitError):
     http_status = 422
 
 
+class MalformedBodyError(PortraitError):
+    """A multipart body that cannot be parsed (no boundary, broken parts, more than one file)."""
+
+    code = "malformed_body"
+    http_status = 400
+
+
 class UnsupportedMediaTypeError(PortraitError):
     """The request body is neither multipart form data nor JSON."""
 
@@ -83,6 +93,16 @@ class OverloadedError(PortraitError):
 
     code = "overloaded"
     http_status = 503
+    retry_after_s = 2
+
+
+class StageUnavailableError(PortraitError):
+    """A stage replica died or could not be reached while serving the request (Serve restarts it); the same
+    request with the same seed can be retried and gives the same result."""
+
+    code = "stage_unavailable"
+    http_status = 503
+    retry_after_s = 5
 
 
 class StyleNotAvailableError(PortraitError):
