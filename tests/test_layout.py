@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import skimage.data
 import torch
+from numerics import assert_tensors_close
 
 from serve_app.pipeline.layout import MASK_FROM_FACE, MASK_FROM_PRIOR, face_region_mask, generate_layout
 from serve_app.pipeline.masks import prior_ellipse, soft_ellipse_mask, to_image_resolution, to_latent_resolution
@@ -56,6 +57,8 @@ def test_generate_layout_gives_per_seed_latents_and_masks(models):
     assert set(layout.mask_sources) <= {MASK_FROM_FACE, MASK_FROM_PRIOR}
     assert len(layout.previews) == 3 and layout.previews[0].shape == (64, 64, 3)
     assert not torch.equal(layout.latents[0], layout.latents[1])
-    # a candidate depends on its own seed only
+    # a candidate depends on its own seed only, up to batch-shape kernels: batch 1 against batch 3 measured at most
+    # 2.9e-5 apart on latents up to 10 (2-core AVX-512/AMX Xeon, AVX-512, AVX2 and SSE kernels); tolerance 1e-4
+    # (tests/numerics.py). Another seed's latents differ by 17.
     alone = generate_layout(models.diffusion, models.faces, SamplingPlan(**{**plan.__dict__, "seeds": (2,)}), prior)
-    torch.testing.assert_close(alone.latents[0], layout.latents[1], atol=1e-5, rtol=1e-5)
+    assert_tensors_close(alone.latents[0], layout.latents[1])

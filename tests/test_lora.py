@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from numerics import assert_tensors_close
 
 from serve_app.pipeline.lora import StyleAdapters, adapter_name
 from serve_app.pipeline.sampling import SamplingPlan, encode_conditioning, guided_noise, initial_latents
@@ -65,6 +66,10 @@ def test_hot_swapped_styles_equal_separately_loaded_ones(styles_dir):
     create_slot(swapped.diffusion, rank=8)
     per_style, hot = StyleAdapters(separate.diffusion), StyleAdapters(swapped.diffusion)
     assert hot.hotswap and not per_style.hotswap
+    # A rank-4 adapter against the same weights zero-padded into the rank-8 slot with tensor scalings: a different
+    # composition, so the batch-shape tolerance 1e-4 (tests/numerics.py). Measured 0 here (2-core AVX-512/AMX Xeon,
+    # AVX-512, AVX2 and SSE kernels) on predictions up to 2.8; styles differ by 3.5, a LoRA scale off by 0.01 by 0.075.
+    # Swapping back is the same computation again: bit for bit.
     outputs = []
     for style in ("film-noir", "summer-beach", "film-noir", "xmas-sweater"):
         found = catalog.get(style)
@@ -72,9 +77,9 @@ def test_hot_swapped_styles_equal_separately_loaded_ones(styles_dir):
             adapters.load(found.versioned_id, found.read_lora)
         with per_style.active(found.versioned_id, 0.7), hot.active(found.versioned_id, 0.7):
             outputs.append(noise_of(swapped.diffusion))
-            assert torch.allclose(noise_of(separate.diffusion), outputs[-1], atol=1e-5), style
+            assert_tensors_close(noise_of(separate.diffusion), outputs[-1], msg=style)
     assert (outputs[0] - outputs[1]).abs().max() > 1e-4  # styles really differ
-    assert torch.allclose(outputs[0], outputs[2], atol=1e-6)  # and swapping back restores the first
+    assert torch.equal(outputs[0], outputs[2])  # and swapping back restores the first
     assert hot.loaded() == [adapter_name(catalog.get(s).versioned_id) for s in ("film-noir", "summer-beach", "xmas-sweater")]
 
 
@@ -104,7 +109,7 @@ def test_a_style_the_slot_cannot_hold_is_refused_and_the_slot_still_works(styles
     else:
         raise AssertionError("a LoRA outside the slot must be refused")
     with adapters.active(style.versioned_id, 1.0):
-        assert torch.allclose(noise_of(pipe), before, atol=1e-6)
+        assert torch.equal(noise_of(pipe), before)  # the same computation as before the refusal
 
 
 def test_a_library_lora_that_does_not_fit_the_base_model_is_a_409(tmp_path, styles_dir):
