@@ -8,8 +8,9 @@ load on the layout generator's base model — before the library changes, so a r
 import asyncio
 import hmac
 import os
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, UploadFile
+from fastapi import APIRouter, Depends, Path, Request, UploadFile
 
 from serve_app.pipeline.errors import (
     AdminDisabledError,
@@ -18,10 +19,17 @@ from serve_app.pipeline.errors import (
     UnauthorizedError,
 )
 from serve_app.schemas import PublishedStyle, StylePatch
-from serve_app.styles import StyleCatalog, StyleFolderError, StyleStatus, parse_manifest
+from serve_app.styles import (
+    MAX_MANIFEST_BYTES,
+    STYLE_ID_PATTERN,
+    StyleCatalog,
+    StyleFolderError,
+    StyleStatus,
+    parse_manifest,
+)
 
 ADMIN_TOKEN_ENV = "STUDIO_ADMIN_TOKEN"
-MAX_MANIFEST_BYTES = 64 * 1024
+StyleId = Annotated[str, Path(pattern=STYLE_ID_PATTERN, description="style id")]
 
 
 def require_admin(request: Request) -> None:
@@ -52,11 +60,11 @@ async def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
 @router.post("/styles", status_code=201, response_model=PublishedStyle, summary="Publish a style or a new version")
 async def publish_style(request: Request, manifest: UploadFile, lora: UploadFile) -> PublishedStyle:
     ingress = request.app.state.ingress
+    manifest_data = await read_limited(manifest, MAX_MANIFEST_BYTES, "the manifest")
     try:
-        text = (await read_limited(manifest, MAX_MANIFEST_BYTES, "the manifest")).decode("utf-8")
-        parsed = parse_manifest(text, "manifest")
-    except (UnicodeDecodeError, StyleFolderError) as error:
-        raise InvalidStyleError(f"bad manifest: {error}") from None
+        parsed = await asyncio.to_thread(parse_manifest, manifest_data, "manifest")
+    except StyleFolderError as error:
+        raise InvalidStyleError(str(error)) from None
     if not (lora.filename or "").endswith(".safetensors"):
         raise InvalidStyleError("the LoRA must be a .safetensors file")
     data = await read_limited(lora, ingress.args.max_lora_bytes, "the LoRA file")
@@ -78,14 +86,14 @@ async def list_all_styles(request: Request) -> list[StyleStatus]:
 
 
 @router.patch("/styles/{style_id}", response_model=StyleStatus, summary="Schedule window and default version")
-async def update_style(request: Request, style_id: str, patch: StylePatch) -> StyleStatus:
+async def update_style(request: Request, style_id: StyleId, patch: StylePatch) -> StyleStatus:
     styles = catalog(request)
     await asyncio.to_thread(styles.update_state, style_id, **patch.model_dump(include=patch.model_fields_set))
     return styles.status(style_id)
 
 
 @router.delete("/styles/{style_id}", response_model=StyleStatus, summary="Retire a style")
-async def retire_style(request: Request, style_id: str) -> StyleStatus:
+async def retire_style(request: Request, style_id: StyleId) -> StyleStatus:
     """New requests get 410 ``style_retired``; requests already admitted finish."""
     styles = catalog(request)
     await asyncio.to_thread(styles.update_state, style_id, retired=True)

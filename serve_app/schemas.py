@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.styles import STYLE_REF_PATTERN
+
 if TYPE_CHECKING:
     from serve_app.pipeline.models import ModelSettings
 
@@ -18,7 +20,7 @@ class PortraitOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    style: str = Field(description="style id, or id@version to pin a version")
+    style: str = Field(pattern=STYLE_REF_PATTERN, description="style id, or id@version to pin a version")
     num_candidates: int = Field(4, ge=1, le=MAX_CANDIDATES, description="N: candidates sampled")
     top_k: int = Field(2, ge=1, le=MAX_CANDIDATES, description="K: portraits returned, best first")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,11 +19,26 @@ import fsspec
 import yaml
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.pipeline.errors import InvalidStyleError, StyleNotAvailableError, UnknownStyleError
 
-STYLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_STYLE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+_VERSION_DIGITS = 9
+_VERSION = rf"[1-9][0-9]{{0,{_VERSION_DIGITS - 1}}}"  # no leading zero: one spelling per version
+# The one definition of a style name, for pydantic, FastAPI and re.fullmatch alike (ASCII classes only, so no
+# look-alike letters or digits; anchored with ^$, which pydantic's regex and fullmatch both take as the whole text).
+STYLE_ID_PATTERN = rf"^{_STYLE_ID}$"
+VERSION_PATTERN = rf"^{_VERSION}$"
+STYLE_REF_PATTERN = rf"^{_STYLE_ID}(?:@{_VERSION})?$"
+MAX_VERSION = 10**_VERSION_DIGITS - 1
+FILE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+MAX_MANIFEST_BYTES = 64 * 1024  # a real manifest is 1-2 KiB
+MAX_YAML_DEPTH = 20  # a real manifest nests 2 deep
+MAX_YAML_NODES = 10_000  # with every alias expanded; a real manifest has about 40
+# libyaml's parser when PyYAML has it: the pure-Python scanner costs about 0.1 ms a node, so a manifest at the node
+# limit would hold the ingress's GIL for a second or more.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_FILE = "style.yaml"
 LORA_FILE = "lora.safetensors"
 STATE_FILE = "state.json"
@@ -68,7 +84,7 @@ class LoraSpec(BaseModel):
     @field_validator("file")
     @classmethod
     def _safetensors_in_folder(cls, value: str) -> str:
-        if not value.endswith(".safetensors") or "/" in value or "\\" in value or value.startswith("."):
+        if not value.endswith(".safetensors") or not re.fullmatch(FILE_NAME_PATTERN, value):
             raise ValueError(f"LoRA file must be a plain '.safetensors' file name, got {value!r}")
         return value
 
@@ -79,7 +95,7 @@ class StyleManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=STYLE_ID_PATTERN, description="style id, lowercase letters, digits and dashes")
-    version: int = Field(1, ge=1, description="immutable version of this style")
+    version: int = Field(1, ge=1, le=MAX_VERSION, description="immutable version of this style")
     title: str = Field(min_length=1, max_length=120)
     description: str = Field("", max_length=2000)
     prompt_template: str = Field(min_length=1, max_length=1000, description="prompt with a {subject} placeholder")
@@ -90,7 +106,9 @@ class StyleManifest(BaseModel):
     tags: list[str] = Field(default_factory=list)
     available_from: AwareDatetime | None = Field(None, description="live from (timezone-aware); none: always")
     available_until: AwareDatetime | None = Field(None, description="live until (timezone-aware); none: always")
-    preview: str | None = Field(None, description="optional preview image file name inside the style folder")
+    preview: str | None = Field(
+        None, pattern=FILE_NAME_PATTERN, description="optional preview image file name inside the style folder"
+    )
 
     @model_validator(mode="after")
     def _window_in_order(self) -> StyleManifest:
@@ -135,10 +153,80 @@ class StyleFolderError(ValueError):
     """A style folder that cannot be used, with the reason."""
 
 
-def parse_manifest(text: str, source: str) -> StyleManifest:
+def _check_events(text: str) -> None:
+    """Nesting depth, node count and tags from the event stream, before anything is composed (PyYAML's composer
+    recurses once per level). Tags are refused: a manifest needs none, and PyYAML's constructors fail with
+    arbitrary exceptions on a malformed explicitly tagged scalar (``!!bool x``, ``!!timestamp x``)."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=SAFE_LOADER):
+        if isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        if not isinstance(event, yaml.NodeEvent) or isinstance(event, yaml.AliasEvent):
+            continue
+        if event.tag is not None:
+            raise ValueError(f"YAML tags such as {event.tag!r} are not allowed")
+        nodes += 1
+        depth += isinstance(event, yaml.CollectionStartEvent)
+        if depth > MAX_YAML_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        if nodes > MAX_YAML_NODES:
+            raise ValueError(f"more than {MAX_YAML_NODES} YAML nodes")
+
+
+def _expanded(node: yaml.Node, done: dict[int, tuple[int, int]], open_nodes: set[int]) -> tuple[int, int]:
+    """(node count, depth) of ``node`` with every alias expanded, memoised per node so that a "billion laughs"
+    costs its size in the document, not its expansion. Aliases only point back in the document, so this recursion
+    stays as shallow as the document's own nesting; a node met again while still open contains itself."""
+    if id(node) in done:
+        return done[id(node)]
+    if id(node) in open_nodes:
+        raise ValueError("a YAML alias refers to a node that contains it (recursive alias)")
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    counts = [_expanded(child, done, open_nodes) for child in children]
+    size = 1 + sum(count for count, _ in counts)
+    depth = isinstance(node, yaml.CollectionNode) + max((deep for _, deep in counts), default=0)
+    if size > MAX_YAML_NODES:
+        raise ValueError(f"expands to more than {MAX_YAML_NODES} YAML nodes (aliases counted where they are used)")
+    if depth > MAX_YAML_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded")
+    open_nodes.discard(id(node))
+    done[id(node)] = size, depth
+    return size, depth
+
+
+def _load_mapping(data: bytes) -> dict[str, object]:
+    """The YAML mapping in ``data``, refused (ValueError or YAMLError) past the size, depth and expansion limits
+    before any Python object is built from it."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"over the limit of {MAX_MANIFEST_BYTES} bytes")
     try:
-        return StyleManifest.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    _check_events(text)
+    loader = SAFE_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded(node, {}, set())
+        loaded = None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+    if not isinstance(loaded, dict) or not all(isinstance(key, str) for key in loaded):
+        raise ValueError("not a YAML mapping of field names to values")
+    return loaded
+
+
+def parse_manifest(data: bytes, source: str) -> StyleManifest:
+    """A manifest from its bytes; anything wrong with them is a StyleFolderError naming the problem."""
+    try:
+        return StyleManifest.model_validate(_load_mapping(data))
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: also a bad date or an over-long integer in the YAML
         raise StyleFolderError(f"{source}: {exc}") from exc
 
 
@@ -147,7 +235,8 @@ def read_style(fs: AbstractFileSystem, folder: str, require_lora: bool = True) -
     manifest_url = f"{folder}/{MANIFEST_FILE}"
     if not fs.isfile(manifest_url):
         raise StyleFolderError(f"{folder}: no {MANIFEST_FILE}")
-    manifest = parse_manifest(fs.cat_file(manifest_url).decode("utf-8"), manifest_url)
+    with fs.open(manifest_url, "rb") as file:
+        manifest = parse_manifest(file.read(MAX_MANIFEST_BYTES + 1), manifest_url)
     lora_url = f"{folder}/{manifest.lora.file}"
     if require_lora and not fs.isfile(lora_url):
         raise StyleFolderError(f"{folder}: LoRA file {manifest.lora.file!r} is missing")
@@ -189,6 +278,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def split_style_ref(ref: str) -> tuple[str, int | None]:
+    """(id, version or None) of ``id`` or ``id@version``; any other text names no style."""
+    if not (isinstance(ref, str) and re.fullmatch(STYLE_REF_PATTERN, ref)):
+        raise UnknownStyleError(f"{reprlib.repr(ref)} is not a style id or id@version")
+    style_id, _, version = ref.partition("@")
+    return style_id, int(version) if version else None
+
+
 class StyleCatalog:
     """The versioned style library at a local path or any fsspec URL; every read goes to storage, so all
     replicas and restarts see the same library.
@@ -211,8 +308,16 @@ class StyleCatalog:
         for style_id in self.ids():  # a broken library fails at start-up, not on the first request
             self.versions(style_id)
 
-    def _url(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
+    def _url(self, style_id: str, version: int | None = None) -> str:
+        """The folder of a style or of one of its versions: every path the catalogue touches is built here, from
+        a checked id and version, so none leaves the library whatever a caller passes."""
+        if not (isinstance(style_id, str) and re.fullmatch(STYLE_ID_PATTERN, style_id)):
+            raise UnknownStyleError(f"{reprlib.repr(style_id)} is not a style id")
+        if version is None:
+            return f"{self.root}/{style_id}"
+        if not (isinstance(version, int) and 1 <= version <= MAX_VERSION):
+            raise UnknownStyleError(f"{reprlib.repr(version)} is not a style version")
+        return f"{self.root}/{style_id}/{version}"
 
     def _children(self, url: str) -> list[str]:
         """Names of the sub-folders of ``url``."""
@@ -223,13 +328,16 @@ class StyleCatalog:
 
     # -- reading -------------------------------------------------------------------------------------------
     def ids(self) -> list[str]:
-        return sorted(name for name in self._children(self.root) if re.match(STYLE_ID_PATTERN, name))
+        return sorted(name for name in self._children(self.root) if re.fullmatch(STYLE_ID_PATTERN, name))
+
+    def _version_folders(self, style_id: str) -> list[int]:
+        """Numbers of the version folders of a style, finished or not."""
+        return [int(name) for name in self._children(self._url(style_id)) if re.fullmatch(VERSION_PATTERN, name)]
 
     def versions(self, style_id: str) -> dict[int, Style]:
-        folder = self._url(style_id)
         found = {}
-        numbered = [self._url(style_id, name) for name in self._children(folder) if name.isdigit()]
-        for version_folder in [folder, *numbered]:
+        numbered = [self._url(style_id, number) for number in self._version_folders(style_id)]
+        for version_folder in [self._url(style_id), *numbered]:
             if self.fs.isfile(f"{version_folder}/{MANIFEST_FILE}"):
                 style = read_style(self.fs, version_folder, self.require_lora)
                 if style.manifest.id != style_id:
@@ -238,14 +346,15 @@ class StyleCatalog:
         return dict(sorted(found.items()))
 
     def state(self, style_id: str) -> StyleState:
-        url = self._url(style_id, STATE_FILE)
+        url = f"{self._url(style_id)}/{STATE_FILE}"
         if not self.fs.isfile(url):
             return StyleState()
         return StyleState.model_validate_json(self.fs.cat_file(url))
+
     def version(self, versioned_id: str) -> Style:
         """Any stored version by ``id@version``, whatever its status (replicas load LoRAs with this)."""
-        style_id, _, version = versioned_id.partition("@")
-        found = self.versions(style_id).get(int(version)) if version.isdigit() else None
+        style_id, version = split_style_ref(versioned_id)
+        found = None if version is None else self.versions(style_id).get(version)
         if found is None:
             raise UnknownStyleError(f"unknown style version {versioned_id!r}")
         return found
@@ -301,13 +410,13 @@ class StyleCatalog:
 
     def get(self, style: str) -> Style:
         """The style a request names, ``id`` (its default version) or ``id@version``, if usable now."""
-        style_id, _, version = style.partition("@")
+        style_id, version = split_style_ref(style)
         status, versions = self._read(style_id)
         if status.status != "live":
             raise StyleNotAvailableError(f"style {style_id!r} is {status.status}", status.status)
-        if not version:
+        if version is None:
             return versions[status.default_version]
-        found = versions.get(int(version)) if version.isdigit() else None
+        found = versions.get(version)
         if found is None:
             raise UnknownStyleError(f"unknown style version {style!r}; versions: {list(versions)}")
         return found
@@ -315,9 +424,8 @@ class StyleCatalog:
     # -- writing -------------------------------------------------------------------------------------------
     def publish(self, manifest: StyleManifest, lora: bytes) -> Style:
         """Store a new version of ``manifest.id`` (its ``version`` is replaced by the next free number)."""
-        folder = self._url(manifest.id)
         version = self._claim_version(manifest.id)
-        target = f"{folder}/{version}"
+        target = self._url(manifest.id, version)
         lora_spec = manifest.lora.model_copy(update={"file": LORA_FILE, "sha256": hashlib.sha256(lora).hexdigest()})
         stored = manifest.model_copy(update={"version": version, "lora": lora_spec})
         text = yaml.safe_dump(stored.model_dump(mode="json", exclude_none=True), sort_keys=False)
@@ -330,13 +438,12 @@ class StyleCatalog:
         return Style(stored, self.fs, f"{target}/{LORA_FILE}")
 
     def _claim_version(self, style_id: str) -> int:
-        folder = self._url(style_id)
-        taken = [int(name) for name in self._children(folder) if name.isdigit()]
-        version = max([*taken, *self.versions(style_id)], default=0) + 1
+        version = max([*self._version_folders(style_id), *self.versions(style_id)], default=0) + 1
         while True:
-            self.fs.makedirs(f"{folder}/{version}", exist_ok=True)
+            folder = self._url(style_id, version)
+            self.fs.makedirs(folder, exist_ok=True)
             try:
-                with self.fs.open(f"{folder}/{version}/{CLAIM_FILE}", "xb") as claim:
+                with self.fs.open(f"{folder}/{CLAIM_FILE}", "xb") as claim:
                     claim.write(b"claimed")
                 return version
             except FileExistsError:
@@ -359,5 +466,5 @@ class StyleCatalog:
             raise InvalidStyleError(f"style {style_id!r} has no version {state.default_version}")
         if state.available_from and state.available_until and state.available_until <= state.available_from:
             raise InvalidStyleError("available_until must be after available_from")
-        self._replace(self._url(style_id, STATE_FILE), state.model_dump_json(indent=2).encode("utf-8"))
+        self._replace(f"{self._url(style_id)}/{STATE_FILE}", state.model_dump_json(indent=2).encode("utf-8"))
         return state

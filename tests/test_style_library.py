@@ -1,5 +1,5 @@
 """The versioned style library: publishing, versions, schedule windows (with an injected clock), retiring,
-concurrent publishers and restarts."""
+concurrent publishers, restarts, and names that try to leave the library."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from serve_app.pipeline.errors import StyleNotAvailableError, UnknownStyleError
-from serve_app.styles import StyleCatalog, StyleManifest
+from serve_app.styles import MAX_MANIFEST_BYTES, StyleCatalog, StyleFolderError, StyleManifest
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -124,3 +124,89 @@ def test_unknown_versions_are_404(library, pin):
     with pytest.raises(UnknownStyleError) as error:
         catalog.get(pin)
     assert (error.value.code, error.value.http_status) == ("unknown_style", 404)
+
+
+# Each is refused by the catalogue itself, before it asks its storage anything.
+HOSTILE_NAMES = [
+    "", ".", "..", "/", "../styles/film-noir", "film-noir/.", "film-noir/..", "/etc/passwd", "a/b", ".hidden",
+    "film-noir\x00", "\x00", "%00", "film-noir\n", " film-noir", "film-noir ", "Film-Noir", "f\u0131lm-noir",
+    "film\u2010noir", "\uff46ilm-noir", "film-noir\\..", "-film-noir", "a" * 64, "film-noir@", "@1", "film-noir@../1",
+    "film-noir@1/..", "film-noir@01", "film-noir@0", "film-noir@-1", "film-noir@\u00b2", "film-noir@\u0661",
+    "film-noir@1@1", "film-noir@1234567890", "film-noir@1\n",
+]
+
+
+class RecordingFileSystem:
+    """Forwards every call to a filesystem, noting the paths it is given (the first argument; both of ``mv``)."""
+
+    def __init__(self, fs) -> None:
+        self.fs, self.paths = fs, []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.fs, name)
+
+        def recorded(*args, **kwargs):
+            self.paths += list(args[: 2 if name == "mv" else 1])
+            return method(*args, **kwargs)
+
+        return recorded
+
+
+def hostile_calls(catalog: StyleCatalog, name: str) -> dict:
+    return {
+        "get": lambda: catalog.get(name),
+        "version": lambda: catalog.version(name),
+        "versions": lambda: catalog.versions(name),
+        "state": lambda: catalog.state(name),
+        "status": lambda: catalog.status(name),
+        "update_state": lambda: catalog.update_state(name, retired=True),
+        "publish": lambda: catalog.publish(StyleManifest.model_construct(**{**manifest().__dict__, "id": name}), b""),
+    }
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_names_never_reach_storage(library, name):
+    catalog, _ = library
+    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    for method, call in hostile_calls(catalog, name).items():
+        with pytest.raises(UnknownStyleError):
+            call()
+        assert recording.paths == [], method
+
+
+def test_a_pin_is_no_id(library):
+    catalog, _ = library
+    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    for method in ("versions", "state", "status", "update_state", "publish"):
+        with pytest.raises(UnknownStyleError):
+            hostile_calls(catalog, "film-noir@1")[method]()
+        assert recording.paths == [], method
+    assert catalog.get("film-noir@1").versioned_id == catalog.version("film-noir@1").versioned_id == "film-noir@1"
+
+
+@pytest.mark.parametrize("ref", ["no-such-style", "no-such-style@1", "film-noir@7", "film-noir@999999999"])
+def test_unknown_names_are_looked_up_inside_the_library_only(library, ref):
+    catalog, _ = library
+    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    with pytest.raises(UnknownStyleError):
+        catalog.get(ref)
+    assert recording.paths and all(path == catalog.root or path.startswith(f"{catalog.root}/") for path in recording.paths)
+    assert not any(part in ("", ".", "..") for path in recording.paths for part in path.split("/")[1:])
+
+
+def test_folders_that_only_look_like_styles_or_versions_are_ignored(library):
+    catalog, _ = library
+    shipped = catalog.fs.cat_file(f"{catalog.root}/film-noir/style.yaml")
+    for folder in ["Film-Noir", ".film-noir", "film-noir/01", "film-noir/0", "film-noir/\u0661", "film-noir/\u00b2"]:
+        catalog.fs.makedirs(f"{catalog.root}/{folder}", exist_ok=True)
+        catalog.fs.pipe_file(f"{catalog.root}/{folder}/style.yaml", shipped)
+    assert catalog.ids() == ["film-noir", "summer-beach", "xmas-sweater"]
+    assert list(catalog.versions("film-noir")) == [1]
+    assert StyleCatalog(catalog.location).publish(manifest("film-noir"), b"x").versioned_id == "film-noir@2"
+
+
+def test_an_oversize_library_manifest_is_refused_unread(library):
+    catalog, _ = library
+    catalog.fs.pipe_file(f"{catalog.root}/film-noir/style.yaml", b"# padding\n" * (MAX_MANIFEST_BYTES // 10 + 1))
+    with pytest.raises(StyleFolderError, match="over the limit"):
+        catalog.versions("film-noir")
