@@ -33,9 +33,11 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.metrics import in_flight_gauge
 from deployments.staged import PortraitJob
+from serve_app.admin import require_admin
 from serve_app.admin import router as admin_router
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
@@ -128,6 +130,27 @@ def request_id_of(request: Request) -> str:
 def refuse(request: Request, error: PortraitError) -> JSONResponse:
     log_refusal(request_id_of(request), error)
     return error_response(error)
+
+
+class AdminTokenFirst:
+    """ASGI middleware: an ``/admin`` request is authenticated from its headers before anything reads its body.
+    FastAPI parses a form body before it runs a route's dependencies, so without this an unauthenticated upload
+    would be received whole (and spooled) before its 401."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(admin_router.prefix + "/"):
+            request = Request(scope)
+            try:
+                require_admin(request)
+            except PortraitError as error:
+                return await refuse(request, error)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+app.add_middleware(AdminTokenFirst)
 
 
 @app.exception_handler(PortraitError)

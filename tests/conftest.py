@@ -86,6 +86,7 @@ def app_args(live_styles_dir: Path) -> dict:
         "max_in_flight": 8,
         "max_batch_size": 8,
         "request_timeout_s": 240,
+        "torch_threads": 1,  # as configs/serve.local.yaml: 2 cores shared by six replicas (no OpenMP oversubscription)
     }
 
 

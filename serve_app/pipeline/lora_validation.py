@@ -51,20 +51,36 @@ def read_header(data: bytes, limits: LoraLimits) -> dict[str, dict]:
         raise InvalidStyleError("the LoRA file is not safetensors (bad header length) or is truncated")
     try:
         header = json.loads(data[8 : 8 + header_size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to parse
         raise InvalidStyleError("the LoRA file is not safetensors (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise InvalidStyleError("the LoRA file is not safetensors (its header is not a JSON object)")
     header.pop("__metadata__", None)
     payload = len(data) - 8 - header_size
     for name, entry in header.items():
-        if not isinstance(entry, dict) or {"dtype", "shape", "data_offsets"} - set(entry):
+        if not well_formed_entry(entry):
             raise InvalidStyleError(f"the LoRA file's header entry {name!r} is malformed")
         if entry["data_offsets"][1] > payload:
             raise InvalidStyleError(f"the LoRA file is truncated (tensor {name!r} runs past its end)")
     if not header:
         raise InvalidStyleError("the LoRA file holds no tensors")
     return header
+
+
+def well_formed_entry(entry: object) -> bool:
+    """A safetensors tensor entry: a dtype name, a shape of sizes, and two ordered offsets."""
+    if not isinstance(entry, dict) or {"dtype", "shape", "data_offsets"} - set(entry):
+        return False
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    return (
+        isinstance(entry["dtype"], str)
+        and isinstance(shape, list)
+        and all(type(size) is int and size >= 0 for size in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(offset) is int for offset in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    )
 
 
 def base_modules(pipe: StableDiffusionPipeline) -> dict[str, set[str]]:

@@ -3,9 +3,11 @@ replicas of the served graph (listed, and killed, through Ray)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,21 @@ def post_portrait(url: str, image: bytes, fields: dict | None = None, timeout: f
     files = {"image": ("face.png", image, "application/octet-stream")}
     response = httpx.post(f"{url}/v1/portraits", files=files, data={**FAST, **(fields or {})}, timeout=timeout, **kwargs)
     return answer_of(response)
+
+
+def post_declaring(url: str, path: str, length: int, body: bytes, content_type: str, **headers: str) -> Answer:
+    """A POST whose Content-Length promises ``length`` bytes but sends only ``body`` (httpx refuses to send
+    that): the answer shows the service refused it from its headers, without waiting for the body."""
+    host, port = url.removeprefix("http://").split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n{head}\r\n")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(head.encode() + body)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        content = response.read()
+    return answer_of(httpx.Response(response.status, headers=response.getheaders(), content=content))
 
 
 def concurrently(requests: Iterable[Callable[[], Answer]], clients: int) -> list[tuple[Answer, float]]:

@@ -7,15 +7,13 @@ matrix a good request still succeeds on the same replicas (none restarted).
 from __future__ import annotations
 
 import base64
-import http.client
-import socket
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 import odd_images as odd
-from reliability_kit import FAST, Answer, answer_of, post_portrait, replicas
+from reliability_kit import FAST, Answer, answer_of, post_declaring, post_portrait, replicas
 
 pytestmark = pytest.mark.usefixtures("serve_url")
 
@@ -57,22 +55,7 @@ def raw(content: Callable[[bytes], bytes], content_type: str | None, **headers: 
 
 
 def declared_length(length: int) -> Callable[[str, bytes], Answer]:
-    """A request whose Content-Length header promises far more than it sends (httpx refuses to send that)."""
-
-    def send(url: str, face: bytes) -> Answer:
-        host, port = url.removeprefix("http://").split(":")
-        head = (
-            f"POST /v1/portraits HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            f"Content-Length: {length}\r\n\r\n"
-        )
-        with socket.create_connection((host, int(port)), timeout=60) as connection:
-            connection.sendall(head.encode() + face[:1024])
-            response = http.client.HTTPResponse(connection)
-            response.begin()
-            body = response.read()
-        return answer_of(httpx.Response(response.status, headers=response.getheaders(), content=body))
-
-    return send
+    return lambda url, face: post_declaring(url, "/v1/portraits", length, face[:1024], "multipart/form-data; boundary=b")
 
 
 def stream(make: Callable[[bytes], bytes], accept: str = "text/event-stream", **more: str) -> Callable[[str, bytes], Answer]:
