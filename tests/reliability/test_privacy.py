@@ -1,6 +1,7 @@
-"""Privacy: nothing of a user's image or its embeddings reaches a log. A served request's image hash, its bytes
-(raw, base64, hex) and its identity embedding and recognition descriptor (bytes and printed values) are searched
-for in every file the session's Ray, Serve and replicas logged."""
+"""What the logs hold. Privacy: nothing of a user's image or its embeddings reaches a log (a served request's image
+hash, its bytes (raw, base64, hex) and its identity embedding and recognition descriptor (bytes and printed
+values) are searched for in every file the session's Ray, Serve and replicas logged). Client errors: one line each,
+no traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from odd_images import no_face
 from reliability_kit import post_portrait, wait_until
 from serve_app.pipeline.preprocess import preprocess
 
@@ -54,3 +56,21 @@ def test_logs_hold_nothing_of_the_image_or_its_embeddings(serve_url, ray_logs, s
     for trace in traces(image, models):
         leaks = [str(path) for path, text in logs.items() if trace in text]
         assert not leaks, (trace[:40], leaks)
+
+
+def test_a_refused_request_is_one_log_line_without_a_traceback(serve_url, ray_logs):
+    """A client error (here no face, found in the preprocessor replica) is logged once by the ingress, as one line
+    with the request id, status and code; no replica logs its traceback."""
+    request_id = "refused-" + hashlib.sha256(b"no face, once").hexdigest()[:12]
+    answer = post_portrait(serve_url, no_face(), {"style": "film-noir"}, headers={"x-request-id": request_id})
+    assert (answer.status, answer.code) == (422, "no_face")
+    line = f"request {request_id} refused: 422 no_face".encode()
+
+    def logged() -> bool:
+        return any(line in path.read_bytes() for path in (ray_logs / "serve").glob("*.log"))
+
+    wait_until(logged, 30)
+    serve_logs = b"".join(path.read_bytes() for path in (ray_logs / "serve").glob("*.log"))
+    assert serve_logs.count(line) == 1
+    everything = b"".join(path.read_bytes() for path in log_files(ray_logs))
+    assert b"NoFaceError" not in everything
