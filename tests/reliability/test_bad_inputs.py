@@ -7,6 +7,8 @@ matrix a good request still succeeds on the same replicas (none restarted).
 from __future__ import annotations
 
 import base64
+import json
+from collections import Counter
 from collections.abc import Callable
 
 import httpx
@@ -237,10 +239,13 @@ def replicas_before(serve_url) -> dict[str, set[str]]:
     return replicas()
 
 
+ANSWERS: dict[str, Answer] = {}  # what the matrix got, for the summary after it
+
+
 @pytest.mark.parametrize("name", MATRIX)
 def test_documented_answer(serve_url, sample_face, replicas_before, name):
     send, (status, code) = MATRIX[name]
-    answer = send(serve_url, sample_face)
+    answer = ANSWERS[name] = send(serve_url, sample_face)
     assert answer.is_json, name
     assert (answer.status, answer.code) == (status, code), answer
     if answer.events:
@@ -251,6 +256,13 @@ def test_matrix_is_large_enough():
     assert len(MATRIX) >= 60
 
 
-def test_after_the_matrix_a_good_request_succeeds_on_the_same_replicas(serve_url, sample_face, replicas_before):
+def test_after_the_matrix_a_good_request_succeeds_on_the_same_replicas(serve_url, sample_face, replicas_before,
+                                                                      capsys):
     assert post_portrait(serve_url, sample_face, {"style": "xmas-sweater"}).status == 200
     assert replicas() == replicas_before
+    with capsys.disabled():
+        print("\n" + json.dumps({"matrix": {
+            "requests": len(ANSWERS), "server_errors": sum(a.status >= 500 for a in ANSWERS.values()),
+            "non_json": sum(not a.is_json for a in ANSWERS.values()),
+            "statuses": dict(sorted(Counter(str(a.status) for a in ANSWERS.values()).items())),
+        }}))
