@@ -13,6 +13,7 @@ from serve_app.pipeline.errors import (
     ImageTooLargeError,
     ImageTooSmallError,
     InvalidImageError,
+    PortraitError,
     UnsupportedImageFormatError,
 )
 from serve_app.pipeline.images import ImageLimits, decode_image
@@ -83,3 +84,26 @@ def test_every_colour_mode_becomes_rgb(mode):
 def test_transparent_pixels_become_white():
     image = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
     assert (decode_image(encoded(image, "PNG")) == 255).all()
+
+
+def test_a_png_with_a_truncated_header_chunk_is_invalid_not_a_crash():
+    """Pillow raises ValueError (not OSError) for it at open: found by mutating valid files."""
+    short_ihdr = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x05IHDR" + bytes(5) + bytes(4)
+    with pytest.raises(InvalidImageError):
+        decode_image(short_ihdr)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "WEBP", "BMP"])
+def test_mutated_files_only_ever_raise_documented_errors(astronaut, fmt):
+    """Random byte changes (fixed seed, 100 per format, mostly in the headers) decode or raise a PortraitError."""
+    valid = encoded(Image.fromarray(astronaut).resize((96, 96)), fmt)
+    rng = np.random.default_rng(len(fmt))
+    for _ in range(100):
+        data = bytearray(valid)
+        for _ in range(rng.integers(1, 9)):
+            position = rng.integers(min(len(data), 200)) if rng.random() < 0.7 else rng.integers(len(data))
+            data[position] = rng.integers(256)
+        try:
+            decode_image(bytes(data))
+        except PortraitError:
+            pass

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from serve_app.pipeline.errors import (
     ImageTooLargeError,
@@ -45,7 +45,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageTooLargeError(f"image has too many pixels: {exc}") from None
-    except (UnidentifiedImageError, OSError):
+    except Exception:  # on crafted files Pillow raises OSError, ValueError, struct.error, EOFError, IndexError…
         raise InvalidImageError("the data is not a decodable image") from None
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedImageFormatError(
@@ -62,7 +62,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
         image.load()
         image = ImageOps.exif_transpose(image)
         return np.asarray(to_rgb(image))
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # as above, for the pixel data, the EXIF block and the mode conversion
         raise InvalidImageError(f"the image is truncated or corrupt: {exc}") from None
 
 

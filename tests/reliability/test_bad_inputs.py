@@ -100,6 +100,7 @@ MATRIX: dict[str, tuple[Callable[[str, bytes], Answer], tuple[int, str | None]]]
     "random bytes": (image(lambda _: bytes(range(256)) * 8), NOT_IMAGE),
     "empty file": (image(lambda _: b""), NOT_IMAGE),
     "png signature only": (image(lambda _: b"\x89PNG\r\n\x1a\n"), NOT_IMAGE),
+    "png with a truncated header chunk": (image(lambda _: b"\x89PNG\r\n\x1a\n\x00\x00\x00\x05IHDR" + bytes(9)), NOT_IMAGE),
     "truncated png": (image(lambda f: odd.truncated(f, "PNG")), NOT_IMAGE),
     "truncated jpeg": (image(lambda f: odd.truncated(f, "JPEG")), NOT_IMAGE),
     # -- formats ---------------------------------------------------------------------------------------------
