@@ -14,7 +14,8 @@ from ray import serve
 
 from deployments.layout_generator import PlannedLayout
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread, log_documented_errors_once
+from deployments.logs import log_documented_errors_once
+from deployments.replica import ComputeThread
 from deployments.staged import Staged
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.blend import BlendRun

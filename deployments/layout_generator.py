@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread, log_documented_errors_once
+from deployments.logs import log_documented_errors_once
+from deployments.replica import ComputeThread
 from deployments.staged import PortraitJob, Staged, merged_timings
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread, log_documented_errors_once
+from deployments.logs import log_documented_errors_once
+from deployments.replica import ComputeThread
 from deployments.staged import Staged
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models

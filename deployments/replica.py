@@ -1,19 +1,15 @@
-"""What every stage replica shares: one compute thread with the right number of torch threads, and logs that
-keep tracebacks for faults of the service."""
+"""What every stage replica shares: one compute thread with the right number of torch threads."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
-from ray.exceptions import RayTaskError
 
-from serve_app.pipeline.errors import PortraitError
 from serve_app.schemas import PortraitAppArgs
 
 T = TypeVar("T")
@@ -34,19 +30,3 @@ class ComputeThread:
     async def run(self, function: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-
-class DocumentedErrorFilter(logging.Filter):
-    """Drops Serve's "Request failed." traceback for a documented error a stage raised (an undecodable upload,
-    no face…): the ingress logs it once, as one line with the request id and code."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, RayTaskError):
-            error = error.cause
-        return not isinstance(error, PortraitError)
-
-
-def log_documented_errors_once() -> None:
-    serve_logger = logging.getLogger("ray.serve")
-    if not any(isinstance(f, DocumentedErrorFilter) for f in serve_logger.filters):
-        serve_logger.addFilter(DocumentedErrorFilter())

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployments.metrics import StageMetrics
-from deployments.replica import ComputeThread, log_documented_errors_once
+from deployments.logs import log_documented_errors_once
+from deployments.replica import ComputeThread
 from deployments.staged import PortraitJob, Staged
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png

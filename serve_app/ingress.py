@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments.logs import log_documented_errors_once
 from deployments.metrics import in_flight_gauge
 from deployments.staged import PortraitJob
 from serve_app.admin import require_admin
@@ -268,6 +269,7 @@ class PortraitIngress:
     ) -> None:
         self.preprocessor, self.layout_generator = preprocessor, layout_generator
         self.blend_sampler, self.fusion_ranker, self.upscaler = blend_sampler, fusion_ranker, upscaler
+        log_documented_errors_once()
         self.args = args
         self.catalog = StyleCatalog(args.styles_dir)
         app.state.ingress = self  # the admin router reaches the catalog and the handles through it
