@@ -29,4 +29,3 @@ class ComputeThread:
 
     async def run(self, function: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-

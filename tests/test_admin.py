@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-import yaml
 from conftest import ADMIN_TOKEN
+from curation import AUTH, manifest_yaml, publish
 from safetensors.torch import save
 from starlette.requests import Request
 
@@ -19,18 +19,7 @@ from serve_app.pipeline.errors import AdminDisabledError
 from serve_app.pipeline.models import tiny
 
 pytestmark = pytest.mark.usefixtures("serve_url")
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SMALL = {"num_candidates": "2", "top_k": "1", "seed": "5"}
-
-
-def manifest_yaml(style_id: str = "snow-globe", **fields) -> bytes:
-    body = {"id": style_id, "title": "Snow globe", "prompt_template": "portrait of {subject} in a snow globe", **fields}
-    return yaml.safe_dump(body).encode()
-
-
-def publish(url: str, manifest: bytes, lora: bytes, headers=AUTH, lora_name: str = "lora.safetensors"):
-    files = {"manifest": ("style.yaml", manifest), "lora": (lora_name, lora)}
-    return httpx.post(f"{url}/admin/styles", files=files, headers=headers, timeout=120)
 
 
 def portrait(url: str, face: bytes, style: str) -> httpx.Response:

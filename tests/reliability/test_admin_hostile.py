@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from conftest import ADMIN_TOKEN, REPO
+from curation import AUTH, manifest_yaml, publish
 from safetensors.torch import save
 
 from reliability_kit import FAST, post_declaring
@@ -31,14 +32,9 @@ from serve_app.pipeline.models import tiny
 from serve_app.styles import MAX_MANIFEST_BYTES, StyleCatalog, StyleManifest
 
 pytestmark = pytest.mark.usefixtures("serve_url")
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ADMIN_TIMEOUT = httpx.Timeout(30.0)
+HOSTILE = "hostile"  # the id of refused uploads
 PORTRAIT_TIMEOUT = httpx.Timeout(60.0)
-
-
-def manifest_yaml(style_id: str = "hostile", **fields) -> bytes:
-    body = {"id": style_id, "title": "Hostile", "prompt_template": "portrait of {subject}", **fields}
-    return yaml.safe_dump(body).encode()
 
 
 def library_snapshot(root: Path) -> dict[str, str]:
@@ -47,11 +43,6 @@ def library_snapshot(root: Path) -> dict[str, str]:
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
         for path in sorted(root.rglob("*"))
     }
-
-
-def publish(url: str, manifest: bytes, lora: bytes, name: str = "lora.safetensors", headers=AUTH) -> httpx.Response:
-    files = {"manifest": ("style.yaml", manifest), "lora": (name, lora)}
-    return httpx.post(f"{url}/admin/styles", files=files, headers=headers, timeout=ADMIN_TIMEOUT)
 
 
 def portrait(url: str, face: bytes, style: str) -> httpx.Response:
@@ -98,7 +89,7 @@ def torch_checkpoint() -> bytes:
 def billion_laughs() -> bytes:
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
-    return manifest_yaml() + "\n".join(lines).encode()
+    return manifest_yaml(HOSTILE) + "\n".join(lines).encode()
 
 
 PICKLE = pickle.dumps({"weights": [1, 2, 3]})
@@ -106,7 +97,7 @@ Upload = Callable[[bytes], tuple[bytes, bytes, str]]  # the good LoRA → (manif
 
 
 def with_lora(data: bytes | Callable[[bytes], bytes], name: str = "lora.safetensors") -> Upload:
-    return lambda lora: (manifest_yaml(), data(lora) if callable(data) else data, name)
+    return lambda lora: (manifest_yaml(HOSTILE), data(lora) if callable(data) else data, name)
 
 
 def with_manifest(manifest: bytes) -> Upload:
@@ -125,24 +116,26 @@ REFUSED_UPLOADS = {
     "pickle named lora.bin": with_lora(PICKLE, "lora.bin"),
     "pickle named lora.ckpt": with_lora(PICKLE, "lora.ckpt"),
     "billion laughs manifest": with_manifest(billion_laughs()),
-    "recursive alias manifest": with_manifest(manifest_yaml() + b"tags: &t [*t]\n"),
-    "deeply nested manifest": with_manifest(manifest_yaml() + b"tags: " + b"[" * 50000 + b"]" * 50000),
-    "oversize manifest": with_manifest(manifest_yaml() + b"#" * MAX_MANIFEST_BYTES),
-    "manifest in UTF-16": with_manifest(manifest_yaml().decode().encode("utf-16")),
-    "manifest in latin-1": with_manifest(manifest_yaml() + "description: caf\xe9\n".encode("latin-1")),
+    "recursive alias manifest": with_manifest(manifest_yaml(HOSTILE) + b"tags: &t [*t]\n"),
+    "deeply nested manifest": with_manifest(manifest_yaml(HOSTILE) + b"tags: " + b"[" * 50000 + b"]" * 50000),
+    "oversize manifest": with_manifest(manifest_yaml(HOSTILE) + b"#" * MAX_MANIFEST_BYTES),
+    "manifest in UTF-16": with_manifest(manifest_yaml(HOSTILE).decode().encode("utf-16")),
+    "manifest in latin-1": with_manifest(manifest_yaml(HOSTILE) + "description: caf\xe9\n".encode("latin-1")),
     "manifest a YAML list": with_manifest(b"- id: hostile\n- title: Hostile\n"),
     "manifest a scalar": with_manifest(b"hostile"),
     "empty manifest": with_manifest(b""),
     "manifest with a python tag": with_manifest(b"!!python/object/apply:os.system ['touch /tmp/owned']"),
-    "manifest with integer keys": with_manifest(manifest_yaml() + b"1: one\n"),
-    "manifest with a huge integer": with_manifest(manifest_yaml() + b"version: " + b"9" * 5000 + b"\n"),
+    "manifest with integer keys": with_manifest(manifest_yaml(HOSTILE) + b"1: one\n"),
+    "manifest with a huge integer": with_manifest(manifest_yaml(HOSTILE) + b"version: " + b"9" * 5000 + b"\n"),
     **{f"id {bad!r}": with_manifest(manifest_yaml(bad)) for bad in ["../x", "/etc/passwd", "a/b", ".hidden", "Film-Noir"]},
     **{
-        f"lora.file {bad!r}": with_manifest(manifest_yaml(lora={"file": bad}))
+        f"lora.file {bad!r}": with_manifest(manifest_yaml(HOSTILE, lora={"file": bad}))
         for bad in ["../x", "../x.safetensors", "/etc/passwd", "a/b.safetensors", ".hidden.safetensors"]
     },
     **{
-        f"prompt template {bad!r}": with_manifest(manifest_yaml(prompt_template=f"portrait of {{subject}} {bad}"))
+        f"prompt template {bad!r}": with_manifest(
+            manifest_yaml(HOSTILE, prompt_template=f"portrait of {{subject}} {bad}")
+        )
         for bad in ["{subject.__class__}", "{subject[0]}", "{0}", "{}"]
     },
     **{
@@ -162,14 +155,14 @@ REFUSED_UPLOADS = {
 def test_refused_uploads_are_422_and_leave_the_library_byte_identical(serve_url, live_styles_dir, lora, upload):
     before = library_snapshot(live_styles_dir)
     manifest, data, name = upload(lora)
-    assert_json_error(publish(serve_url, manifest, data, name), 422, "invalid_style")
+    assert_json_error(publish(serve_url, manifest, data, lora_name=name, timeout=ADMIN_TIMEOUT), 422, "invalid_style")
     assert library_snapshot(live_styles_dir) == before
 
 
 MALFORMED_FORMS = {
-    "no LoRA part": {"files": {"manifest": ("style.yaml", manifest_yaml())}},
+    "no LoRA part": {"files": {"manifest": ("style.yaml", manifest_yaml(HOSTILE))}},
     "no manifest part": {"files": {"lora": ("lora.safetensors", b"x")}},
-    "LoRA as a plain field": {"files": {"manifest": ("style.yaml", manifest_yaml())}, "data": {"lora": "x"}},
+    "LoRA as a plain field": {"files": {"manifest": ("style.yaml", manifest_yaml(HOSTILE))}, "data": {"lora": "x"}},
     "not multipart": {"json": {"manifest": "id: x", "lora": "x"}},
 }
 
@@ -335,7 +328,9 @@ def test_concurrent_publishes_while_portraits_flow(serve_url, live_styles_dir, s
     with ThreadPoolExecutor(6) as pool:
         portraits = [pool.submit(portrait, serve_url, sample_face, "film-noir") for _ in range(2)]
         publishes = [
-            pool.submit(publish, serve_url, manifest_yaml("rush-hour", description=f"take {i}"), lora)
+            pool.submit(
+                publish, serve_url, manifest_yaml("rush-hour", description=f"take {i}"), lora, timeout=ADMIN_TIMEOUT
+            )
             for i in range(4)
         ]
         published = [future.result() for future in publishes]

@@ -25,15 +25,9 @@ def image(make: Callable[[bytes], bytes], **fields: str) -> Callable[[str, bytes
     return lambda url, face: post_portrait(url, make(face), {"style": "film-noir", **fields})
 
 
-def fields(**overrides: str) -> Callable[[str, bytes], Answer]:
+def fields(**overrides: str | None) -> Callable[[str, bytes], Answer]:
     """The bundled face with some fields changed (a value of None drops the field)."""
-
-    def send(url: str, face: bytes) -> Answer:
-        data = {**FAST, "style": "film-noir", **overrides}
-        files = {"image": ("face.png", face, "image/png")}
-        return answer_of(httpx.post(f"{url}/v1/portraits", files=files, data=data, timeout=120))
-
-    return send
+    return lambda url, face: post_portrait(url, face, {"style": "film-noir", **overrides})
 
 
 def json_body(make: Callable[[bytes], object]) -> Callable[[str, bytes], Answer]:
@@ -60,13 +54,11 @@ def declared_length(length: int) -> Callable[[str, bytes], Answer]:
     return lambda url, face: post_declaring(url, "/v1/portraits", length, face[:1024], "multipart/form-data; boundary=b")
 
 
-def stream(make: Callable[[bytes], bytes], accept: str = "text/event-stream", **more: str) -> Callable[[str, bytes], Answer]:
-    def send(url: str, face: bytes) -> Answer:
-        files = {"image": ("face.png", make(face), "image/png")}
-        data = {**FAST, "style": "film-noir", **more}
-        return answer_of(httpx.post(f"{url}/v1/portraits", files=files, data=data, headers={"accept": accept}, timeout=120))
-
-    return send
+def stream(
+    make: Callable[[bytes], bytes], accept: str = "text/event-stream", **more: str
+) -> Callable[[str, bytes], Answer]:
+    """An event-stream request whose image is ``make(face)``."""
+    return lambda url, face: post_portrait(url, make(face), {"style": "film-noir", **more}, headers={"accept": accept})
 
 
 def as_b64(face: bytes) -> str:
