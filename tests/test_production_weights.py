@@ -201,11 +201,11 @@ def test_production_profile_generates_portraits(weights_dir, manifest_file, astr
 
 
 def test_inswapper_fuses_the_reference_identity_onto_a_detected_face(weights_dir, manifest, astronaut):
-    from serve_app.pipeline.faces import FaceAnalyzer
+    from serve_app.pipeline.faces import DlibFaceAnalyzer
     from serve_app.pipeline.fusion import swap_face
 
     weights = ProductionWeights(weights_dir, manifest)
-    face = FaceAnalyzer().detect(astronaut)[0]
+    face = DlibFaceAnalyzer().detect(astronaut)[0]
     embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32)
     swapped = swap_face(weights.face_swapper(), astronaut, face, embedding)
     assert swapped.shape == astronaut.shape and swapped.dtype == np.uint8
@@ -215,9 +215,9 @@ def test_inswapper_fuses_the_reference_identity_onto_a_detected_face(weights_dir
 
 
 def test_segformer_parser_gives_image_sized_masks_within_the_head(weights_dir, manifest, astronaut):
-    from serve_app.pipeline.faces import FaceAnalyzer
+    from serve_app.pipeline.faces import DlibFaceAnalyzer
 
-    face = FaceAnalyzer().detect(astronaut)[0]
+    face = DlibFaceAnalyzer().detect(astronaut)[0]
     parsing = ProductionWeights(weights_dir, manifest).face_parser().parse(astronaut, face)
     for mask in (parsing.face, parsing.skin, parsing.features, parsing.hair):
         assert mask.shape == astronaut.shape[:2] and mask.dtype == np.float32
@@ -227,9 +227,7 @@ def test_segformer_parser_gives_image_sized_masks_within_the_head(weights_dir, m
 
 
 def test_scrfd_detection_gives_faces_with_its_own_keypoints(weights_dir, manifest, astronaut):
-    from serve_app.pipeline.faces import FaceAnalyzer
-
-    faces = FaceAnalyzer(ProductionWeights(weights_dir, manifest).face_detector()).detect(astronaut)
+    faces = ProductionWeights(weights_dir, manifest).face_analyzer().detect(astronaut)
     # SCRFD's five keypoints, no dlib landmarks: the research-only 68-point predictor is not used in production
     assert faces and all(face.five_points.shape == (5, 2) and face.landmarks is None for face in faces)
     for face in faces:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import dlib
@@ -31,6 +32,8 @@ HOG_WINDOW = 80  # dlib's HOG detector finds faces of about 80 px and up
 GENERATED_FACE_FRACTION = 1 / 3  # a generated portrait's face spans at least a third of the image side
 TIGHT_CROP_PADDING = 0.5
 SCRFD_INPUT = (640, 640)
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
 
 
 @dataclass(frozen=True)
@@ -111,63 +114,80 @@ def align_face(image: np.ndarray, face: DetectedFace, size: int) -> tuple[np.nda
     return crop, matrix
 
 
-class FaceAnalyzer:
-    """Finds faces and describes them. With a ``detector`` (SCRFD), detection is that network's; otherwise
-    it tries, in order: dlib HOG (upsampling small images), HOG on a padded copy (tight crops whose face touches
-    the border), then OpenCV's Haar cascade.
+class FaceAnalyzer(Protocol):
+    """Finds faces: what the stages use, whichever detector the profile has."""
 
-    Thread-safe: dlib's detector is not (concurrent calls crash the process), so calls take turns.
-    """
+    def detect(
+        self, image: np.ndarray, fallbacks: bool = True, region: Box | None = None, min_face: float | None = None
+    ) -> list[DetectedFace]:
+        """All faces in an RGB image, largest first. ``fallbacks=False`` runs the first detector alone; ``region``
+        (x0, y0, x1, y1) limits the search to that area; ``min_face`` (px) is the smallest face to look for."""
 
-    def __init__(self, detector: SCRFD | None = None) -> None:
-        self._detector = detector
-        self._hog = dlib.get_frontal_face_detector()
-        self._shape = (
-            None if detector else dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
-        )
-        self._recognizer = dlib.face_recognition_model_v1(
-            str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
-        )
-        self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    def detect_generated(self, image: np.ndarray, region: Box | None = None) -> list[DetectedFace]:
+        """Faces in a generated portrait: no fallbacks (no tight crops there), faces a third of the side or more."""
+
+
+class RegionFaceAnalyzer(ABC):
+    """What both analyzers share: the region cut out, calls taking turns, faces sorted largest first."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def detect(
-        self,
-        image: np.ndarray,
-        fallbacks: bool = True,
-        region: tuple[float, float, float, float] | None = None,
-        min_face: float | None = None,
+        self, image: np.ndarray, fallbacks: bool = True, region: Box | None = None, min_face: float | None = None
     ) -> list[DetectedFace]:
-        """All faces in an RGB image, largest first. ``fallbacks=False`` runs HOG alone; ``region``
-        (x0, y0, x1, y1) limits the search to that area; ``min_face`` (px) is the smallest face to look for,
-        by default what a 320-px view of the image shows."""
         x0, y0 = (0, 0) if region is None else (max(0, int(region[0])), max(0, int(region[1])))
         x1, y1 = (image.shape[1], image.shape[0]) if region is None else (int(region[2]), int(region[3]))
         area = image[y0:y1, x0:x1]
         if area.shape[0] < 16 or area.shape[1] < 16:
             return []
         with self._lock:
-            if self._detector is not None:
-                faces = self._network_faces(area, (x0, y0), min_face or 0.0)
-            else:
-                boxes = self._hog_boxes(area, self._upsampling(min_face or self._photo_min_face(area)))
-                if fallbacks and not boxes:
-                    boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
-                shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
-                faces = [self._landmarks(image, box) for box in shifted]
+            faces = self._find(image, area, (x0, y0), fallbacks, min_face)
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
-    def detect_generated(
-        self, image: np.ndarray, region: tuple[float, float, float, float] | None = None
-    ) -> list[DetectedFace]:
-        """Faces in a generated portrait: HOG alone (no tight crops there), faces a third of the side or more."""
+    def detect_generated(self, image: np.ndarray, region: Box | None = None) -> list[DetectedFace]:
         return self.detect(image, fallbacks=False, region=region, min_face=GENERATED_FACE_FRACTION * image.shape[0])
+
+    @abstractmethod
+    def _find(
+        self, image: np.ndarray, area: np.ndarray, offset: tuple[int, int], fallbacks: bool, min_face: float | None
+    ) -> list[DetectedFace]:
+        """The faces in ``area``, cut from ``image`` at ``offset``, in ``image``'s coordinates."""
+
+
+class DlibFaceAnalyzer(RegionFaceAnalyzer):
+    """The tiny and full-size profiles' faces: dlib HOG (upsampling small images), HOG on a padded copy (tight crops
+    whose face touches the border), then OpenCV's Haar cascade, in that order; dlib's 68 landmarks on each face, and
+    dlib's ResNet descriptor (``describe``).
+
+    Thread-safe: dlib's detector is not (concurrent calls crash the process), so calls take turns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hog = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+        self._recognizer = dlib.face_recognition_model_v1(
+            str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
+        )
+        self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """dlib's 128-d ResNet descriptor (Euclidean distance < 0.6 ≈ same person)."""
         with self._lock:
             chip = dlib.get_face_chip(image, self._full_object_detection(face), size=150, padding=0.25)
             return np.asarray(self._recognizer.compute_face_descriptor(chip), dtype=np.float32)
+
+    def _find(
+        self, image: np.ndarray, area: np.ndarray, offset: tuple[int, int], fallbacks: bool, min_face: float | None
+    ) -> list[DetectedFace]:
+        """By default the smallest face is what a 320-px view of ``area`` shows."""
+        boxes = self._hog_boxes(area, self._upsampling(min_face or self._photo_min_face(area)))
+        if fallbacks and not boxes:
+            boxes = self._padded_hog_boxes(area) or self._haar_boxes(area)
+        x0, y0 = offset
+        shifted = [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in boxes]
+        return [self._landmarks(image, box) for box in shifted]
 
     @staticmethod
     def _photo_min_face(image: np.ndarray) -> float:
@@ -179,35 +199,22 @@ class FaceAnalyzer:
         """How many times HOG doubles the image so faces of ``min_face`` px reach its window (at most twice)."""
         return min(2, max(0, math.ceil(math.log2(HOG_WINDOW / max(min_face, 1.0)))))
 
-    def _network_faces(self, area: np.ndarray, offset: tuple[int, int], min_face: float) -> list[DetectedFace]:
-        """SCRFD's faces in ``area`` (scores over its threshold, shorter side at least half of ``min_face``) with
-        its keypoints, in the coordinates of the image ``area`` was cut from at ``offset``."""
-        found, keypoints = self._detector.detect(cv2.cvtColor(area, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)
-        height, width = area.shape[:2]
-        faces = []
-        for row, points in zip(found, keypoints):
-            x0, y0, x1, y1 = (float(v) for v in np.clip(row[:4], 0, [width, height, width, height]))
-            if min(x1 - x0, y1 - y0) >= 0.5 * min_face:
-                dx, dy = offset
-                faces.append(DetectedFace((x0 + dx, y0 + dy, x1 + dx, y1 + dy), (points + offset).astype(np.float32)))
-        return faces
-
-    def _hog_boxes(self, image: np.ndarray, upsample: int) -> list[tuple[float, float, float, float]]:
+    def _hog_boxes(self, image: np.ndarray, upsample: int) -> list[Box]:
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._hog(image, upsample)]
 
-    def _padded_hog_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+    def _padded_hog_boxes(self, image: np.ndarray) -> list[Box]:
         pad = int(max(image.shape[:2]) * TIGHT_CROP_PADDING)
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
         upsample = self._upsampling(self._photo_min_face(padded))
         return [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in self._hog_boxes(padded, upsample)]
 
-    def _haar_boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+    def _haar_boxes(self, image: np.ndarray) -> list[Box]:
         grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
         min_side = max(24, min(image.shape[:2]) // 8)
         found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=6, minSize=(min_side, min_side))
         return [(x, y, x + w, y + h) for x, y, w, h in found]
 
-    def _landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
+    def _landmarks(self, image: np.ndarray, box: Box) -> DetectedFace:
         rect = dlib.rectangle(*(int(round(v)) for v in box))
         shape = self._shape(image, rect)
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
@@ -217,3 +224,27 @@ class FaceAnalyzer:
     def _full_object_detection(face: DetectedFace) -> dlib.full_object_detection:
         rect = dlib.rectangle(*(int(round(v)) for v in face.box))
         return dlib.full_object_detection(rect, [dlib.point(int(x), int(y)) for x, y in dlib_landmarks(face)])
+
+
+class ScrfdFaceAnalyzer(RegionFaceAnalyzer):
+    """The production profile's faces: insightface's SCRFD boxes and five keypoints, no landmarks (one detector:
+    ``fallbacks`` changes nothing)."""
+
+    def __init__(self, detector: SCRFD) -> None:
+        super().__init__()
+        self._detector = detector
+
+    def _find(
+        self, image: np.ndarray, area: np.ndarray, offset: tuple[int, int], fallbacks: bool, min_face: float | None
+    ) -> list[DetectedFace]:
+        """Scores over SCRFD's threshold, shorter side at least half of ``min_face`` (no minimum by default)."""
+        found, keypoints = self._detector.detect(cv2.cvtColor(area, cv2.COLOR_RGB2BGR), input_size=SCRFD_INPUT)
+        height, width = area.shape[:2]
+        smallest = 0.5 * (min_face or 0.0)
+        faces = []
+        for row, points in zip(found, keypoints):
+            x0, y0, x1, y1 = (float(v) for v in np.clip(row[:4], 0, [width, height, width, height]))
+            if min(x1 - x0, y1 - y0) >= smallest:
+                dx, dy = offset
+                faces.append(DetectedFace((x0 + dx, y0 + dy, x1 + dx, y1 + dy), (points + offset).astype(np.float32)))
+        return faces

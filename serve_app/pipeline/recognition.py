@@ -11,7 +11,7 @@ import numpy as np
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.utils import face_align
 
-from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer
+from serve_app.pipeline.faces import DetectedFace, DlibFaceAnalyzer
 
 SAME_PERSON_DISTANCE = 0.6  # dlib: Euclidean descriptor distance
 SAME_PERSON_COSINE = 0.4  # ArcFace (w600k_r50): a common verification threshold
@@ -26,7 +26,7 @@ class Recognizer(Protocol):
 
 
 class DlibRecognizer:
-    def __init__(self, faces: FaceAnalyzer) -> None:
+    def __init__(self, faces: DlibFaceAnalyzer) -> None:
         self.faces = faces
 
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:

@@ -90,7 +90,7 @@ class Models:
 
     @functools.cached_property
     def faces(self) -> FaceAnalyzer:
-        return FaceAnalyzer(self.source.face_detector())
+        return self.source.face_analyzer()
 
     @functools.cached_property
     def identity_recognizer(self) -> ArcFaceRecognizer:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from spandrel import ImageModelDescriptor, ModelLoader
 from transformers import CLIPImageProcessor, SegformerForSemanticSegmentation
 
-from serve_app.pipeline.faces import SCRFD_INPUT
+from serve_app.pipeline.faces import SCRFD_INPUT, ScrfdFaceAnalyzer
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.models.sources import UPSCALE_FACTORS
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
@@ -87,6 +87,9 @@ class ProductionWeights:
         detector = self.onnx_model("face_detector", SCRFD)
         detector.prepare(ctx_id=0, input_size=SCRFD_INPUT, det_thresh=DETECTION_THRESHOLD)  # ctx_id ≥ 0 keeps providers
         return detector
+
+    def face_analyzer(self) -> ScrfdFaceAnalyzer:
+        return ScrfdFaceAnalyzer(self.face_detector())
 
     def face_swapper(self) -> INSwapper:
         return self.onnx_model("face_swapper", INSwapper)

@@ -13,9 +13,9 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.inswapper import INSwapper
-from insightface.model_zoo.scrfd import SCRFD
 from spandrel import ImageModelDescriptor, ModelLoader
 
+from serve_app.pipeline.faces import DlibFaceAnalyzer, FaceAnalyzer
 from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.parsing import FaceParser, LandmarkFaceParser
@@ -39,7 +39,7 @@ class ModelSource(Protocol):
 
     def face_restorer(self) -> FaceRestorer: ...
 
-    def face_detector(self) -> SCRFD | None: ...
+    def face_analyzer(self) -> FaceAnalyzer: ...
 
     def face_parser(self) -> FaceParser: ...
 
@@ -77,8 +77,9 @@ class RandomWeights:
     def face_restorer(self) -> FaceRestorer:
         return self.builders.build_face_restorer(self.device)
 
-    def face_detector(self) -> None:
-        """dlib's detectors (in FaceAnalyzer): real ones, where a random SCRFD would find random faces."""
+    def face_analyzer(self) -> DlibFaceAnalyzer:
+        """dlib's detectors: real ones, where a random SCRFD would find random faces."""
+        return DlibFaceAnalyzer()
 
     def face_parser(self) -> FaceParser:
         return LandmarkFaceParser()
