@@ -7,7 +7,7 @@ import torch
 from test_lora import noise_of
 from torch._dynamo.utils import counters
 
-from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.lora import HotSwapAdapters, style_adapters
 from serve_app.pipeline.models import Models, ModelSettings
 from serve_app.styles import StyleCatalog
 
@@ -15,8 +15,8 @@ from serve_app.styles import StyleCatalog
 def test_swapping_styles_never_recompiles_the_unet(styles_dir):
     torch._dynamo.reset()
     pipe = Models(ModelSettings(compile_unet=True, max_lora_rank=8)).diffusion
-    adapters, catalog = StyleAdapters(pipe), StyleCatalog(styles_dir)
-    assert adapters.hotswap
+    adapters, catalog = style_adapters(pipe), StyleCatalog(styles_dir)
+    assert isinstance(adapters, HotSwapAdapters)
     outputs, graphs = [], []
     for name in ("film-noir", "summer-beach", "film-noir", "xmas-sweater"):
         style = catalog.get(name)

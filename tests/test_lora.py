@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from numerics import assert_tensors_close
 
-from serve_app.pipeline.lora import StyleAdapters, adapter_name
+from serve_app.pipeline.lora import HotSwapAdapters, PerStyleAdapters, adapter_name, style_adapters
 from serve_app.pipeline.sampling import SamplingPlan, encode_conditioning, guided_noise, initial_latents
 from serve_app.styles import StyleCatalog
 
@@ -18,7 +18,7 @@ def noise_of(pipe) -> torch.Tensor:
 
 def test_styles_change_the_unet_and_switch_back_exactly(models, styles_dir):
     pipe, catalog = models.diffusion, StyleCatalog(styles_dir)
-    adapters = StyleAdapters(pipe)
+    adapters = style_adapters(pipe)
     outputs = {}
     for style in ("film-noir", "summer-beach", "film-noir"):
         found = catalog.get(style)
@@ -34,7 +34,7 @@ def test_styles_change_the_unet_and_switch_back_exactly(models, styles_dir):
 
 def test_release_during_a_run_waits_for_the_run(models, styles_dir):
     pipe, style = models.diffusion, StyleCatalog(styles_dir).get("xmas-sweater")
-    adapters = StyleAdapters(pipe)
+    adapters = style_adapters(pipe)
     adapters.load(style.versioned_id, style.read_lora)
     with adapters.active(style.versioned_id, 1.0):
         adapters.release(style.versioned_id)  # e.g. LRU eviction while a batch samples
@@ -46,7 +46,7 @@ def test_release_during_a_run_waits_for_the_run(models, styles_dir):
 
 def test_reloading_a_released_style_cancels_the_pending_unload(models, styles_dir):
     pipe, style = models.diffusion, StyleCatalog(styles_dir).get("xmas-sweater")
-    adapters = StyleAdapters(pipe)
+    adapters = style_adapters(pipe)
     adapters.load(style.versioned_id, style.read_lora)
     with adapters.active(style.versioned_id, 1.0):
         adapters.release(style.versioned_id)
@@ -64,8 +64,8 @@ def test_hot_swapped_styles_equal_separately_loaded_ones(styles_dir):
     catalog = StyleCatalog(styles_dir)
     separate, swapped = Models(), Models()  # two pipelines with identical seeded weights
     create_slot(swapped.diffusion, rank=8)
-    per_style, hot = StyleAdapters(separate.diffusion), StyleAdapters(swapped.diffusion)
-    assert hot.hotswap and not per_style.hotswap
+    per_style, hot = style_adapters(separate.diffusion), style_adapters(swapped.diffusion)
+    assert isinstance(hot, HotSwapAdapters) and isinstance(per_style, PerStyleAdapters)
     # A rank-4 adapter against the same weights zero-padded into the rank-8 slot with tensor scalings: a different
     # composition, so the batch-shape tolerance 1e-4 (tests/numerics.py). Measured 0 here (2-core AVX-512/AMX Xeon,
     # AVX-512, AVX2 and SSE kernels) on predictions up to 2.8; styles differ by 3.5, a LoRA scale off by 0.01 by 0.075.
@@ -93,7 +93,7 @@ def test_a_style_the_slot_cannot_hold_is_refused_and_the_slot_still_works(styles
 
     pipe = Models().diffusion
     create_slot(pipe, rank=8)
-    adapters, style = StyleAdapters(pipe), StyleCatalog(styles_dir).get("film-noir")
+    adapters, style = style_adapters(pipe), StyleCatalog(styles_dir).get("film-noir")
     adapters.load(style.versioned_id, style.read_lora)
     with adapters.active(style.versioned_id, 1.0):
         before = noise_of(pipe)
@@ -126,7 +126,7 @@ def test_a_library_lora_that_does_not_fit_the_base_model_is_a_409(tmp_path, styl
              "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.ones(9, 4)}
     save_file(wrong, library / "film-noir" / "lora.safetensors")
     style = StyleCatalog(library).get("film-noir")
-    adapters = StyleAdapters(Models().diffusion)
+    adapters = style_adapters(Models().diffusion)
     try:
         adapters.load(style.versioned_id, style.read_lora)
     except StyleIncompatibleError as error:

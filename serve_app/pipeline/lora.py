@@ -1,19 +1,23 @@
 """Style LoRA adapters on one diffusion pipeline (diffusers/peft): loaded once under the versioned style id,
 activated per run, pinned while a run uses them, and unloaded when released — at once, or when the last run
-using the style ends (a cache may evict a style that a running batch still uses).
+using the style ends (a cache may evict a style that a running batch still uses). ``style_adapters`` picks the
+mode for a pipeline.
 
-With a compiled UNet (the pipeline has a slot, see ``create_slot``) module structure must never change after
-compilation, so there is one adapter slot, created at start-up at the target rank on every module a style may
-target (a zero LoRA), and a run's style is hot-swapped into it (``load_lora_weights(..., hotswap=True)``):
-loaded styles wait in host memory, and their weight scales the slot's scaling tensors in place.
+``PerStyleAdapters`` loads one peft adapter per style. With a compiled UNet (the pipeline has a slot, see
+``create_slot``) module structure must never change after compilation, so ``HotSwapAdapters`` uses one adapter slot,
+created at start-up at the target rank on every module a style may target (a zero LoRA), and hot-swaps a run's style
+into it (``load_lora_weights(..., hotswap=True)``): loaded styles wait in host memory, and their weight scales the
+slot's scaling tensors in place.
 """
 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -37,44 +41,58 @@ def adapter_name(versioned_id: str) -> str:
     return versioned_id.replace("@", "__v").replace(".", "_")
 
 
-class StyleAdapters:
+class StyleAdapters(Protocol):
     """The LoRA adapters loaded on one pipeline, keyed by versioned style id (``id@version``). Thread-safe."""
 
+    def loaded(self) -> list[str]:
+        """The adapter names of the loaded styles (``adapter_name``)."""
+
+    def is_loaded(self, versioned_id: str) -> bool:
+        """Loaded and not released (a released style that a run still pins is loaded again by a new request)."""
+
+    def load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None:
+        """Load the style's LoRA (``read_lora`` returns the safetensors bytes; called only if not loaded yet)."""
+
+    def release(self, versioned_id: str) -> None:
+        """Unload now, or when the last run pinning the style ends. Idempotent."""
+
+    def active(self, versioned_id: str, weight: float) -> AbstractContextManager[None]:
+        """Pin the style and make it the only active adapter for the duration of a run."""
+
+    def dry_run(self, data: bytes) -> None:
+        """Load a LoRA once to prove it fits, leaving no trace."""
+
+
+def style_adapters(pipe: StableDiffusionPipeline) -> StyleAdapters:
+    """Hot-swaps into the pipeline's slot when it has one (``create_slot``), else one adapter per style."""
+    slot = getattr(pipe.unet, "peft_config", {}).get(HOTSWAP_SLOT)
+    return PerStyleAdapters(pipe) if slot is None else HotSwapAdapters(pipe, slot.r)
+
+
+class PinnedAdapters(ABC):
+    """What both modes share: runs pin a style, and releasing a pinned style unloads it when its last run ends
+    (a cache may evict a style that a running batch still uses). One lock orders loads, activations and unloads."""
+
     def __init__(self, pipe: StableDiffusionPipeline) -> None:
-        """Hot-swaps into the pipeline's slot when it has one (``create_slot``), else one adapter per style."""
         self.pipe = pipe
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
         self._released: set[str] = set()
-        slot = getattr(pipe.unet, "peft_config", {}).get(HOTSWAP_SLOT)
-        self.hotswap, self._slot_rank = slot is not None, getattr(slot, "r", 0)
-        self._parked: dict[str, dict[str, torch.Tensor]] = {}
-        self._slot: tuple[str, float] | None = None
 
-    def loaded(self) -> list[str]:
-        if self.hotswap:
-            return [adapter_name(versioned_id) for versioned_id in self._parked]
-        return list(self.pipe.get_list_adapters().get("unet", []))
+    @abstractmethod
+    def loaded(self) -> list[str]: ...
 
     def is_loaded(self, versioned_id: str) -> bool:
         with self._lock:
             return adapter_name(versioned_id) in self.loaded() and versioned_id not in self._released
 
     def load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None:
-        """Load the style's LoRA (``read_lora`` returns the safetensors bytes; called only if not loaded yet)."""
-        name = adapter_name(versioned_id)
         with self._lock:
             self._released.discard(versioned_id)
-            if name in self.loaded():
-                return
-            if self.hotswap:
-                self._parked[versioned_id] = load_safetensors(read_lora())
-                return
-            with incompatible_as_error(versioned_id):
-                self.pipe.load_lora_weights(load_safetensors(read_lora()), adapter_name=name)
+            if adapter_name(versioned_id) not in self.loaded():
+                self._load(versioned_id, read_lora)
 
     def release(self, versioned_id: str) -> None:
-        """Unload now, or when the last run pinning the style ends. Idempotent."""
         with self._lock:
             self._released.add(versioned_id)
             if not self._pins[versioned_id]:
@@ -82,14 +100,9 @@ class StyleAdapters:
 
     @contextmanager
     def active(self, versioned_id: str, weight: float) -> Iterator[None]:
-        """Pin the style and make it the only active adapter for the duration of a run."""
         with self._lock:
             self._pins[versioned_id] += 1
-            if self.hotswap:
-                with incompatible_as_error(versioned_id):
-                    self._swap_in(versioned_id, weight)
-            else:
-                self.pipe.set_adapters([adapter_name(versioned_id)], adapter_weights=[weight])
+            self._activate(versioned_id, weight)
         try:
             yield
         finally:
@@ -98,11 +111,57 @@ class StyleAdapters:
                 if not self._pins[versioned_id] and versioned_id in self._released:
                     self._unload(versioned_id)
 
+    def _unload(self, versioned_id: str) -> None:
+        self._released.discard(versioned_id)
+        del self._pins[versioned_id]
+        self._remove(versioned_id)
+
+    @abstractmethod
+    def _load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None: ...
+
+    @abstractmethod
+    def _activate(self, versioned_id: str, weight: float) -> None: ...
+
+    @abstractmethod
+    def _remove(self, versioned_id: str) -> None: ...
+
+
+class PerStyleAdapters(PinnedAdapters):
+    """One peft adapter per loaded style; a run sets its style as the only active adapter."""
+
+    def loaded(self) -> list[str]:
+        return list(self.pipe.get_list_adapters().get("unet", []))
+
     def dry_run(self, data: bytes) -> None:
-        """Load a LoRA once to prove it fits, leaving no trace (the next run swaps its own style in again)."""
-        if not self.hotswap:
-            dry_run_load(self.pipe, data)
-            return
+        dry_run_load(self.pipe, data)
+
+    def _load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None:
+        with incompatible_as_error(versioned_id):
+            self.pipe.load_lora_weights(load_safetensors(read_lora()), adapter_name=adapter_name(versioned_id))
+
+    def _activate(self, versioned_id: str, weight: float) -> None:
+        self.pipe.set_adapters([adapter_name(versioned_id)], adapter_weights=[weight])
+
+    def _remove(self, versioned_id: str) -> None:
+        if adapter_name(versioned_id) in self.loaded():
+            self.pipe.delete_adapters(adapter_name(versioned_id))
+
+
+class HotSwapAdapters(PinnedAdapters):
+    """A compiled UNet's one slot (``create_slot``, at ``slot_rank``): loaded styles wait in host memory and a run
+    swaps its style in, unless the slot already holds it at that weight."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, slot_rank: int) -> None:
+        super().__init__(pipe)
+        self._slot_rank = slot_rank
+        self._parked: dict[str, dict[str, torch.Tensor]] = {}
+        self._slot: tuple[str, float] | None = None
+
+    def loaded(self) -> list[str]:
+        return [adapter_name(versioned_id) for versioned_id in self._parked]
+
+    def dry_run(self, data: bytes) -> None:
+        """The next run swaps its own style in again."""
         summary = inspect_lora(data, base_modules(self.pipe))
         if outside := sorted(target for target in summary.targets if not slot_holds(target)):
             raise InvalidStyleError(
@@ -111,10 +170,14 @@ class StyleAdapters:
         with self._lock:
             self._swap(load_safetensors(data), 1.0)
 
-    def _swap_in(self, versioned_id: str, weight: float) -> None:
-        if self._slot != (versioned_id, weight):
-            self._swap(self._parked[versioned_id], weight)
-            self._slot = (versioned_id, weight)
+    def _load(self, versioned_id: str, read_lora: Callable[[], bytes]) -> None:
+        self._parked[versioned_id] = load_safetensors(read_lora())
+
+    def _activate(self, versioned_id: str, weight: float) -> None:
+        with incompatible_as_error(versioned_id):
+            if self._slot != (versioned_id, weight):
+                self._swap(self._parked[versioned_id], weight)
+                self._slot = (versioned_id, weight)
 
     def _swap(self, lora: dict[str, torch.Tensor], weight: float) -> None:
         self._slot = None  # whatever the slot held is gone
@@ -124,13 +187,8 @@ class StyleAdapters:
             if HOTSWAP_SLOT not in self.pipe.unet.peft_config:  # diffusers drops the adapter when a swap fails
                 create_slot(self.pipe, self._slot_rank)
 
-    def _unload(self, versioned_id: str) -> None:
-        self._released.discard(versioned_id)
-        del self._pins[versioned_id]
-        if self.hotswap:
-            self._parked.pop(versioned_id, None)
-        elif adapter_name(versioned_id) in self.loaded():
-            self.pipe.delete_adapters(adapter_name(versioned_id))
+    def _remove(self, versioned_id: str) -> None:
+        self._parked.pop(versioned_id, None)
 
 
 @contextmanager
