@@ -1,6 +1,12 @@
-"""Stage 3, the blend sampler: continue from x_t1 to 0, running the identity and identity-free branches (and
-classifier-free guidance for both) in one batched UNet call per step, and fusing the next latents inside the
-face mask:  x_{t−1} = λ·M ⊙ x^id_{t−1} + (1 − λ·M) ⊙ x^free_{t−1}."""
+"""Stage 3, the blend sampler: continue from x_t1 to 0.
+
+1. batch the requests' candidates: layout latents x_t1, face masks M and identity weights λ;
+2. encode the conditioning and resume the shared schedule at t1;
+3. at every step, run the identity and identity-free branches (and classifier-free guidance for both) in one
+   batched UNet call, and fuse the next latents inside the face mask:
+   x_{t−1} = λ·M ⊙ x^id_{t−1} + (1 − λ·M) ⊙ x^free_{t−1};
+4. decode the candidates.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,13 @@ def fuse_branches(
     return weight * identity + (1 - weight) * free
 
 
+def identity_weights(plans: Sequence[SamplingPlan], latents: torch.Tensor) -> torch.Tensor:
+    """Each candidate's λ, its plan's identity weight, as [N, 1, 1, 1] in the latents' dtype and device."""
+    return torch.tensor(
+        [plan.identity_weight for plan in plans for _ in plan.seeds], dtype=latents.dtype, device=latents.device
+    ).view(-1, 1, 1, 1)
+
+
 def blend_step(
     pipe: StableDiffusionPipeline,
     scheduler,
@@ -62,14 +75,12 @@ class BlendRun:
         latents: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
     ) -> None:
-        schedule = shared_schedule(plans)
+        schedule = shared_schedule(plans)  # checked first: the plans must share one
         self.pipe, self.plans = pipe, list(plans)
+        # 1. Batch the candidates: layout latents, face masks, identity weights
         self.latents, self.masks = torch.cat(list(latents)), torch.cat(list(masks))
-        self.weights = torch.tensor(
-            [plan.identity_weight for plan in plans for _ in plan.seeds],
-            dtype=self.latents.dtype,
-            device=self.latents.device,
-        ).view(-1, 1, 1, 1)
+        self.weights = identity_weights(plans, self.latents)
+        # 2. Encode the conditioning and resume the shared schedule at t1
         self.conditioning = encode_conditioning(pipe, plans)
         self.scheduler = make_scheduler(pipe, schedule.steps)
         self.timesteps = self.scheduler.timesteps[schedule.layout_steps :]
@@ -81,7 +92,7 @@ class BlendRun:
 
     @torch.inference_mode()
     def step(self) -> int:
-        """Run the next step; returns how many steps are done."""
+        """3. Run the next step (both branches, fused); returns how many steps are done."""
         timestep = self.timesteps[self.done]
         self.latents = blend_step(
             self.pipe, self.scheduler, self.latents, timestep, self.conditioning, self.masks, self.weights
@@ -90,7 +101,7 @@ class BlendRun:
         return self.done
 
     def images(self) -> list[list[np.ndarray]]:
-        """Decode every candidate; one list of RGB images per plan."""
+        """4. Decode every candidate; one list of RGB images per plan."""
         return split_per_plan(decode_latents(self.pipe, self.latents), self.plans)
 
 
@@ -102,9 +113,12 @@ def blend_sample(
     on_step: StepCallback | None = None,
 ) -> list[np.ndarray]:
     """Denoise one request's layout latents from t1 to 0 and decode them into N RGB candidates."""
+    # 1.–2. Batch the candidates and resume the schedule at t1
     run = BlendRun(pipe, [plan], [latents], [masks])
+    # 3. Denoise step by step to 0
     while run.done < run.total:
         done = run.step()
         if on_step is not None:
             on_step(done, run.total)
+    # 4. Decode
     return run.images()[0]

@@ -1,8 +1,12 @@
-"""Stage 4, the fusion ranker: fuse the reference face into each candidate — insightface's inswapper onto the
-candidate's face in production, landmark-aligned seamless cloning otherwise (and where the candidate has no face
-and the layout mask says where it belongs) — check it is safe (see ``safety``), score identity (see
-``recognition``), reject broken faces and unsafe images, and keep the top K — always K, the shortfall filled with
-flagged rejects."""
+"""Stage 4, the fusion ranker:
+
+1. fuse the reference face into each candidate — insightface's inswapper onto the candidate's face in production,
+   landmark-aligned seamless cloning otherwise (and where the candidate has no face and the layout mask says where
+   it belongs);
+2. check it is safe (see ``safety``);
+3. score identity (see ``recognition``), rejecting broken faces and unsafe images;
+4. keep the top K — always K, the shortfall filled with flagged rejects.
+"""
 
 from __future__ import annotations
 
@@ -181,21 +185,25 @@ class FusionRanker:
 
     def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
         """Fuse, safety-check, score and sort every candidate; the best ``top_k``."""
-        portraits = []
-        for candidate, fused in zip(candidates, self.checked([self.fuse(c, reference) for c in candidates])):
-            score, face, rejected = (
-                self.score(fused.image, reference.recognition_descriptor, fused.region)
-                if fused.broken is None
-                else (0.0, None, fused.broken)
-            )
-            portraits.append(
-                RankedPortrait(
-                    image=fused.image,
-                    seed=candidate.seed,
-                    identity_score=score,
-                    face_points=face.five_points if face else None,
-                    placement=fused.placement,
-                    rejected=rejected,
-                )
-            )
+        # 1. Fuse the reference face into every candidate
+        fused = [self.fuse(candidate, reference) for candidate in candidates]
+        # 2. Check they are safe (flagged ones are blacked out and rejected)
+        checked = self.checked(fused)
+        # 3. Score identity, rejecting broken faces and unsafe images
+        portraits = [self.scored(c, f, reference.recognition_descriptor) for c, f in zip(candidates, checked)]
+        # 4. Keep the top K, rejects filling any shortfall
         return sorted(portraits, key=rank_key, reverse=True)[:top_k]
+
+    def scored(self, candidate: Candidate, fused: Fused, descriptor: np.ndarray) -> RankedPortrait:
+        """The portrait of a fused candidate with its identity score, or rejected with why (score 0)."""
+        score, face, rejected = (
+            self.score(fused.image, descriptor, fused.region) if fused.broken is None else (0.0, None, fused.broken)
+        )
+        return RankedPortrait(
+            image=fused.image,
+            seed=candidate.seed,
+            identity_score=score,
+            face_points=face.five_points if face else None,
+            placement=fused.placement,
+            rejected=rejected,
+        )

@@ -20,6 +20,7 @@ from serve_app.pipeline.faces import FaceAnalyzer
 from serve_app.pipeline.masks import Ellipse, face_ellipse, soft_ellipse_mask, to_latent_resolution
 from serve_app.pipeline.sampling import (
     IDENTITY,
+    Conditioning,
     SamplingPlan,
     StepCallback,
     decode_latents,
@@ -70,36 +71,62 @@ def generate_layouts(
     on_step: StepCallback | None = None,
 ) -> list[Layout]:
     """Layouts for several requests sharing a schedule, their candidates in one UNet batch."""
+    # 1. Denoise the candidates prompt-only from T to t1
     schedule = shared_schedule(plans)
     conditioning = encode_conditioning(pipe, plans)
     scheduler = make_scheduler(pipe, schedule.steps)
+    latents = denoise_prompt_only(pipe, scheduler, conditioning, plans, schedule.layout_steps, on_step)
+    # 2. At t1, predict the noise with identity and take the one-step estimate x̂0
+    t1 = scheduler.timesteps[schedule.layout_steps]
+    estimate = identity_estimate(pipe, scheduler, latents, t1, conditioning)
+    # 3. Decode x̂0 and turn each candidate's face into its soft mask (4. the prior ellipse where it has none)
+    previews = decode_latents(pipe, estimate)
+    return [
+        plan_layout(faces, prior, plan_latents, plan_previews)
+        for prior, plan_latents, plan_previews in zip(
+            priors, split_per_plan(latents, plans), split_per_plan(previews, plans)
+        )
+    ]
+
+
+def denoise_prompt_only(
+    pipe: StableDiffusionPipeline,
+    scheduler,
+    conditioning: Conditioning,
+    plans: Sequence[SamplingPlan],
+    steps: int,
+    on_step: StepCallback | None,
+) -> torch.Tensor:
+    """Every candidate's seeded noise denoised for the first ``steps`` steps, the identity attention skipped."""
     latents = torch.cat([initial_latents(pipe, plan.seeds, plan.size) for plan in plans]) * scheduler.init_noise_sigma
-    for index, timestep in enumerate(scheduler.timesteps[: schedule.layout_steps]):
+    for index, timestep in enumerate(scheduler.timesteps[:steps]):
         noise = guided_noise(pipe, scheduler.scale_model_input(latents, timestep), timestep, conditioning)[0]
         latents = scheduler.step(noise, timestep, latents).prev_sample
         if on_step is not None:
-            on_step(index + 1, schedule.layout_steps)
+            on_step(index + 1, steps)
+    return latents
 
-    t1 = scheduler.timesteps[schedule.layout_steps]
-    identity_noise = guided_noise(
-        pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,)
-    )[0]
-    previews = decode_latents(pipe, predicted_original(scheduler, latents, identity_noise, t1))
 
-    layouts = []
-    for plan, prior, plan_latents, plan_previews in zip(
-        plans, priors, split_per_plan(latents, plans), split_per_plan(previews, plans)
-    ):
-        masks, sources = zip(*(face_region_mask(faces, p, prior, latents.shape[-1]) for p in plan_previews))
-        layouts.append(
-            Layout(
-                latents=torch.stack(plan_latents),
-                masks=torch.from_numpy(np.stack(masks))[:, None].to(latents.device, latents.dtype),
-                mask_sources=sources,
-                previews=tuple(plan_previews),
-            )
-        )
-    return layouts
+def identity_estimate(
+    pipe: StableDiffusionPipeline, scheduler, latents: torch.Tensor, t1: torch.Tensor, conditioning: Conditioning
+) -> torch.Tensor:
+    """x̂0 from the noise predicted at t1 with identity."""
+    noise = guided_noise(pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,))[0]
+    return predicted_original(scheduler, latents, noise, t1)
+
+
+def plan_layout(
+    faces: FaceAnalyzer, prior: Ellipse, latents: Sequence[torch.Tensor], previews: Sequence[np.ndarray]
+) -> Layout:
+    """One request's layout from its candidates' latents [C, h, w] and decoded previews."""
+    latent = latents[0]
+    masks, sources = zip(*(face_region_mask(faces, preview, prior, latent.shape[-1]) for preview in previews))
+    return Layout(
+        latents=torch.stack(list(latents)),
+        masks=torch.from_numpy(np.stack(masks))[:, None].to(latent.device, latent.dtype),
+        mask_sources=sources,
+        previews=tuple(previews),
+    )
 
 
 def generate_layout(

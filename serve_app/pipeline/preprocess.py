@@ -1,5 +1,12 @@
-"""Stage 1, the preprocessor: decode and validate, find the one face (the largest), beautify skin, enhance the
-face, parse face and hair, crop aligned, and embed the identity."""
+"""Stage 1, the preprocessor:
+
+1. decode and validate the image, and bound its size;
+2. find the one face (the largest);
+3. parse face and hair;
+4. beautify the skin and enhance the face;
+5. crop the face aligned, with the mask of its fused region;
+6. embed the identity.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,11 @@ import numpy as np
 
 from serve_app.pipeline.beautify import smooth_skin
 from serve_app.pipeline.errors import NoFaceError
-from serve_app.pipeline.faces import DetectedFace, align_face
+from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
-from serve_app.pipeline.restoration import restore_face
+from serve_app.pipeline.parsing import FaceParsing
+from serve_app.pipeline.restoration import FaceRestorer, restore_face
 
 WORKING_MAX_SIDE = 1024
 ALIGNED_SIZE = 256
@@ -35,25 +43,54 @@ class Reference:
 
 
 def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits()) -> Reference:
+    # 1. Decode and bound the size
     image, _ = resize_max_side(decode_image(data, limits), WORKING_MAX_SIDE)
-    found = models.faces.detect(image)
-    if not found:
-        raise NoFaceError("no face was found in the image; send a front-facing render or photo of one face")
-    face = found[0]
+    # 2. Find the one face
+    face = largest_face(models.faces, image)
+    # 3. Parse face and hair
     parsing = models.face_parser.parse(image, face)
-    face_width = face.box[2] - face.box[0]
-    beautified = smooth_skin(image, parsing.skin, face_width)
-    enhanced = restore_face(beautified, face.five_points, models.face_restorer, ENHANCEMENT_STRENGTH)
-    aligned, matrix = align_face(enhanced, face, ALIGNED_SIZE)
-    # The fused region is the face without the reference's hair: hair follows the style, not the render.
-    fused_region = parsing.face * (1.0 - parsing.hair)
-    aligned_mask = cv2.warpAffine(fused_region, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
-    identity = models.identity_recognizer.describe(enhanced, face)
-    ranking = models.recognizer
+    # 4. Beautify and enhance
+    enhanced = beautify_and_enhance(image, face, parsing, models.face_restorer)
+    # 5. Align and mask
+    aligned, aligned_mask = align_with_mask(enhanced, face, parsing)
+    # 6. Embed identity
+    identity, descriptor = embed_identity(models, enhanced, face)
     return Reference(
         face=face,
         aligned_face=aligned,
         aligned_mask=aligned_mask,
         identity_embedding=identity,
-        recognition_descriptor=identity if ranking is models.identity_recognizer else ranking.describe(enhanced, face),
+        recognition_descriptor=descriptor,
     )
+
+
+def largest_face(faces: FaceAnalyzer, image: np.ndarray) -> DetectedFace:
+    found = faces.detect(image)
+    if not found:
+        raise NoFaceError("no face was found in the image; send a front-facing render or photo of one face")
+    return found[0]
+
+
+def beautify_and_enhance(
+    image: np.ndarray, face: DetectedFace, parsing: FaceParsing, restorer: FaceRestorer
+) -> np.ndarray:
+    """Skin smoothed (at the face's scale), then the face restored at partial strength."""
+    beautified = smooth_skin(image, parsing.skin, face.box[2] - face.box[0])
+    return restore_face(beautified, face.five_points, restorer, ENHANCEMENT_STRENGTH)
+
+
+def align_with_mask(image: np.ndarray, face: DetectedFace, parsing: FaceParsing) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned face crop and, warped alike, the region fusion pastes: the face without the reference's hair
+    (hair follows the style, not the render)."""
+    aligned, matrix = align_face(image, face, ALIGNED_SIZE)
+    fused_region = parsing.face * (1.0 - parsing.hair)
+    mask = cv2.warpAffine(fused_region, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
+    return aligned, mask
+
+
+def embed_identity(models: Models, image: np.ndarray, face: DetectedFace) -> tuple[np.ndarray, np.ndarray]:
+    """The ArcFace embedding that conditions the sampler and the ranking recognizer's descriptor (the same array
+    where ArcFace ranks)."""
+    identity = models.identity_recognizer.describe(image, face)
+    ranking = models.recognizer
+    return identity, identity if ranking is models.identity_recognizer else ranking.describe(image, face)
