@@ -18,6 +18,7 @@ import statistics
 
 from serving import REPO
 
+from serve_app.in_process import generate
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.portrait import PortraitPipeline
 from serve_app.schemas import PortraitOptions
@@ -40,7 +41,7 @@ def main() -> None:
         options = PortraitOptions(
             style=args.style, seed=request * CANDIDATES, num_candidates=CANDIDATES, top_k=CANDIDATES
         )
-        portraits += pipeline.generate(image, style, options).portraits
+        portraits += generate(pipeline, image, style, options).portraits
     accepted = [p for p in portraits if p.accepted]
     reasons = sorted({p.rejected for p in portraits if not p.accepted})
     print(

@@ -82,6 +82,7 @@ def run_level(call: Call, concurrency: int, requests: int) -> dict:
 def in_process_call(profile: str, compile_unet: bool, styles: Path, image: bytes, fields: dict) -> Call:
     """The five stages in this process (no Ray: runs where only the model libraries are installed)."""
     from serve_app.pipeline.models import ModelSettings, load_models
+    from serve_app.in_process import generate
     from serve_app.pipeline.portrait import PortraitPipeline
     from serve_app.schemas import PortraitOptions
     from serve_app.styles import StyleCatalog
@@ -91,7 +92,7 @@ def in_process_call(profile: str, compile_unet: bool, styles: Path, image: bytes
 
     def call() -> tuple[float, dict[str, float]]:
         start = time.perf_counter()
-        run = pipeline.generate(image, style, options)
+        run = generate(pipeline, image, style, options)
         return (time.perf_counter() - start) * 1000, run.timings
 
     return call

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ray import serve
 
-from deployments.metrics import StageMetrics
 from deployments.logs import log_documented_errors_once
+from deployments.metrics import StageMetrics
+from deployments.options import stage_options
 from deployments.replica import ComputeThread
-from deployments.staged import PortraitJob, Staged, merged_timings
+from deployments.stream import Finished, PortraitJob
 from deployments.style_cache import StyleCache
 from serve_app.pipeline.layout import Layout, generate_layouts
-from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.lora import style_adapters
 from serve_app.pipeline.lora_validation import LoraLimits, LoraSummary, validate_lora
 from serve_app.pipeline.models import load_models
-from serve_app.pipeline.portrait import make_plan, style_prior
+from serve_app.pipeline.portrait import face_prior_ellipse, make_plan
 from serve_app.pipeline.preprocess import Reference
 from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
+from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
-from serve_app.schemas import PortraitAppArgs
+from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
-
-STAGE = "layout"
 
 
 @dataclass(frozen=True)
@@ -31,18 +33,21 @@ class PlannedLayout:
 
     plan: SamplingPlan
     layout: Layout
-    lora_cache: str
 
 
 class LayoutGenerator:
+    @staticmethod
+    def get_deployment_options() -> dict[str, Any]:
+        return stage_options(max_ongoing_requests=16, max_replicas=4)
+
     def __init__(self, args: PortraitAppArgs) -> None:
         log_documented_errors_once()
         self.compute = ComputeThread(args)
         models = load_models(args.model_settings())
         self.pipe, self.faces = models.diffusion, models.faces
-        self.metrics = StageMetrics(STAGE)
+        self.metrics = StageMetrics(Stage.LAYOUT)
         self.styles = StyleCache(
-            StyleAdapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
+            style_adapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
         )
         self.lora_limits = LoraLimits(max_bytes=args.max_lora_bytes, max_rank=args.max_lora_rank)
         self.generate_batch.set_max_batch_size(args.max_batch_size)
@@ -55,30 +60,27 @@ class LayoutGenerator:
                 validate_lora, self.pipe, data, self.lora_limits, self.styles.adapters.dry_run
             )
 
-    async def __call__(self, reference: Staged[Reference], job: PortraitJob) -> Staged[PlannedLayout]:
-        return await self.generate_batch((reference, job))
+    async def __call__(self, reference: Reference, job: PortraitJob) -> AsyncIterator[Finished | PlannedLayout]:
+        finished, planned = await self.generate_batch((reference, job))
+        yield finished
+        yield planned
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[tuple[Staged[Reference], PortraitJob]]) -> list[Staged[PlannedLayout]]:
+    async def generate_batch(
+        self, requests: list[tuple[Reference, PortraitJob]]
+    ) -> list[tuple[Finished, PlannedLayout]]:
         self.metrics.batch(len(requests))
         timings: dict[str, float] = {}
-        with stopwatch(timings, STAGE):
-            async with self.styles.activated() as (style, hit):
-                plans = [make_plan(style, job.options, reference.value, job.seed) for reference, job in requests]
+        with stopwatch(timings, Stage.LAYOUT):
+            async with self.styles.activated() as hit:
+                plans = [make_plan(job.request, reference) for reference, job in requests]
+                priors = [face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job) in zip(plans, requests)]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):
                     found = await self.compute.run(
-                        generate_layouts,
-                        self.pipe,
-                        self.faces,
-                        [plans[i] for i in group],
-                        [style_prior(style, plans[i].size) for i in group],
+                        generate_layouts, self.pipe, self.faces, [plans[i] for i in group], [priors[i] for i in group]
                     )
                     for index, layout in zip(group, found):
                         layouts[index] = layout
-        self.metrics.latency(timings[STAGE])
-        cache = "hit" if hit else "miss"
-        return [
-            Staged(PlannedLayout(plan, layout, cache), {**merged_timings(reference), **timings})
-            for plan, layout, (reference, _) in zip(plans, layouts, requests)
-        ]
+        finished = self.metrics.finished(timings[Stage.LAYOUT], "hit" if hit else "miss")
+        return [(finished, PlannedLayout(plan, layout)) for plan, layout in zip(plans, layouts)]

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 from ray.serve import metrics
 
+from deployments.stream import Finished
+
 LATENCY_BOUNDARIES_MS = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32]
 
@@ -41,8 +43,10 @@ class StageMetrics:
             tag_keys=("stage", "outcome"),
         )
 
-    def latency(self, milliseconds: float) -> None:
+    def finished(self, milliseconds: float, lora_cache: str | None = None) -> Finished:
+        """Record a request's time in the stage; the event that announces its result."""
         self._latency.observe(milliseconds, tags={"stage": self.stage})
+        return Finished(self.stage, milliseconds, lora_cache)
 
     def batch(self, size: int) -> None:
         self._batch.observe(size, tags={"stage": self.stage})

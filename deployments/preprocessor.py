@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-from deployments.metrics import StageMetrics
+from collections.abc import AsyncIterator
+from typing import Any
+
 from deployments.logs import log_documented_errors_once
+from deployments.metrics import StageMetrics
+from deployments.options import stage_options
 from deployments.replica import ComputeThread
-from deployments.staged import Staged
+from deployments.stream import Finished
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
-from serve_app.schemas import PortraitAppArgs
-
-STAGE = "preprocess"
+from serve_app.settings import PortraitAppArgs
 
 
 class Preprocessor:
+    @staticmethod
+    def get_deployment_options() -> dict[str, Any]:
+        return stage_options(max_ongoing_requests=8, max_replicas=4)
+
     def __init__(self, args: PortraitAppArgs) -> None:
         log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
         self.models.build("faces", "face_parser", "face_restorer", "identity_recognizer", "recognizer")
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
-        self.metrics = StageMetrics(STAGE)
+        self.metrics = StageMetrics(Stage.PREPROCESS)
 
-    async def __call__(self, image: bytes) -> Staged[Reference]:
+    async def __call__(self, image: bytes) -> AsyncIterator[Finished | Reference]:
         timings: dict[str, float] = {}
-        with stopwatch(timings, STAGE):
+        with stopwatch(timings, Stage.PREPROCESS):
             reference = await self.compute.run(preprocess, self.models, image, self.limits)
-        self.metrics.latency(timings[STAGE])
-        return Staged(reference, timings)
+        yield self.metrics.finished(timings[Stage.PREPROCESS])
+        yield reference

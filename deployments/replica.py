@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import torch
 
-from serve_app.schemas import PortraitAppArgs
+from serve_app.settings import PortraitAppArgs
 
 T = TypeVar("T")
 

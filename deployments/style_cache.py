@@ -58,14 +58,14 @@ class StyleCache:
             yield
 
     @asynccontextmanager
-    async def activated(self) -> AsyncIterator[tuple[Style, bool]]:
-        """Hold the pipeline for one run with the request's (or batch's) style active, loading it on a miss.
-        Yields the style and whether it was already loaded. Loading changes the UNet's modules, so loads,
-        evictions and runs take turns."""
+    async def activated(self) -> AsyncIterator[bool]:
+        """Hold the pipeline for one run with the request's (or batch's) style active, loading it on a miss;
+        yields whether it was already loaded. Loading changes the UNet's modules, so loads, evictions and runs
+        take turns."""
         async with self._run_lock:
             versioned_id = serve.get_multiplexed_model_id()
             hit = self.adapters.is_loaded(versioned_id)
             style = (await self._get(versioned_id)).style
             self.metrics.lora_lookup(hit)
             with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
-                yield style, hit
+                yield hit

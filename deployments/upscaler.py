@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from typing import Any
 
-from deployments.metrics import StageMetrics
 from deployments.logs import log_documented_errors_once
+from deployments.metrics import StageMetrics
+from deployments.options import stage_options
 from deployments.replica import ComputeThread
-from deployments.staged import PortraitJob, Staged
+from deployments.stream import EncodedPortrait, Finished, PortraitJob
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.models import load_models
+from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.pipeline.upscale import upscale_portrait
-from serve_app.schemas import PortraitAppArgs, PortraitImage
-
-STAGE = "upscale"
-
-
-@dataclass(frozen=True)
-class EncodedPortrait:
-    png: bytes
-    info: PortraitImage
+from serve_app.schemas import PortraitImage
+from serve_app.settings import PortraitAppArgs
 
 
 class Upscaler:
+    @staticmethod
+    def get_deployment_options() -> dict[str, Any]:
+        return stage_options(max_ongoing_requests=8, max_replicas=4)
+
     def __init__(self, args: PortraitAppArgs) -> None:
         log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
         self.models.build("upscalers", "face_restorer")
-        self.metrics = StageMetrics(STAGE)
+        self.metrics = StageMetrics(Stage.UPSCALE)
 
     def _encode(self, ranked: list[RankedPortrait], scale: int) -> list[EncodedPortrait]:
         return [
@@ -43,9 +43,11 @@ class Upscaler:
             for p in ranked
         ]
 
-    async def __call__(self, ranked: Staged[list[RankedPortrait]], job: PortraitJob) -> Staged[list[EncodedPortrait]]:
-        timings = dict(ranked.timings)
-        with stopwatch(timings, STAGE):
-            encoded = await self.compute.run(self._encode, ranked.value, job.options.upscale)
-        self.metrics.latency(timings[STAGE])
-        return Staged(encoded, timings)
+    async def __call__(
+        self, ranked: list[RankedPortrait], job: PortraitJob
+    ) -> AsyncIterator[Finished | list[EncodedPortrait]]:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, Stage.UPSCALE):
+            encoded = await self.compute.run(self._encode, ranked, job.request.upscale)
+        yield self.metrics.finished(timings[Stage.UPSCALE])
+        yield encoded

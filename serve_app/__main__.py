@@ -15,12 +15,14 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from serve_app.admin import ADMIN_TOKEN_ENV
+from serve_app.api.dependencies import ADMIN_TOKEN_ENV
+from serve_app.in_process import generate
 from serve_app.pipeline.errors import PortraitError
 from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.lora_validation import validate_lora
-from serve_app.pipeline.models import PROFILES, ModelSettings, load_models
+from serve_app.pipeline.models import load_models
 from serve_app.pipeline.models.production import ProductionWeights, verify_loadable
+from serve_app.pipeline.settings import PROFILES, ModelSettings
 from serve_app.pipeline.models.weights import (
     DEFAULT_MANIFEST,
     WeightsError,
@@ -32,7 +34,7 @@ from serve_app.pipeline.models.weights import (
 )
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
-from serve_app.styles import MANIFEST_FILE, StyleCatalog, load_style_folder
+from serve_app.styles import MANIFEST_FILE, Style, StyleCatalog, load_style_folder
 
 DEFAULT_STYLES_DIR = Path("styles")
 
@@ -42,24 +44,24 @@ def sample_face() -> bytes:
     return resources.files("serve_app").joinpath("assets/sample_face.png").read_bytes()
 
 
-def summarize(run: PortraitRun) -> PortraitSummary:
+def summarize(run: PortraitRun, style: Style) -> PortraitSummary:
     return PortraitSummary(
-        style=run.style.versioned_id,
-        seed=run.seed,
+        style=style.versioned_id,
+        seed=run.request.seeds[0],
         images=[PortraitImage.of(portrait) for portrait in run.portraits],
         mask_sources=list(run.layout.mask_sources),
         timings=run.timings,
     )
 
 
-def write_run(run: PortraitRun, out: Path) -> PortraitSummary:
+def write_run(run: PortraitRun, style: Style, out: Path) -> PortraitSummary:
     out.mkdir(parents=True, exist_ok=True)
     for index, portrait in enumerate(run.portraits, start=1):
         (out / f"portrait_{index}.png").write_bytes(encode_png(portrait.image))
     for seed, mask in zip(run.plan.seeds, run.layout.masks):
         image = Image.fromarray((mask[0].float().cpu().numpy() * 255).round().astype(np.uint8))
         image.resize((run.plan.size, run.plan.size), Image.Resampling.BILINEAR).save(out / f"layout_mask_{seed}.png")
-    summary = summarize(run)
+    summary = summarize(run, style)
     (out / "result.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -79,8 +81,8 @@ def command_generate(args: argparse.Namespace) -> int:
     )
     image = args.image.read_bytes() if args.image else sample_face()
     pipeline = PortraitPipeline(load_models(model_settings(args)))
-    run = pipeline.generate(image, catalog.get(options.style), options)
-    summary = write_run(run, args.out)
+    style = catalog.get(options.style)
+    summary = write_run(generate(pipeline, image, style, options), style, args.out)
     print(summary.model_dump_json(indent=2))
     return 0
 

@@ -1,7 +1,8 @@
 """``build_app``: the Serve application (the ``import_path`` of configs/serve*.yaml).
 
-Stage classes stay undecorated; the builder applies each one's default deployment options here, and a Serve
-config's ``deployments:`` entries (by name) override them — GPU fractions, replicas, autoscaling, queue limits.
+The builder validates the args first (``PortraitAppArgs``), then deploys each undecorated class with the default
+options it states (``get_deployment_options``); a Serve config's ``deployments:`` entries, by class name,
+override them — GPU fractions, replicas, autoscaling, queue limits.
 """
 
 from __future__ import annotations
@@ -20,35 +21,13 @@ from deployments.preprocessor import Preprocessor
 from deployments.upscaler import Upscaler
 from serve_app.ingress import PortraitIngress
 from serve_app.pipeline.models.weights import WeightsError, load_manifest, require_files
-from serve_app.schemas import PortraitAppArgs
+from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog, StyleFolderError
 
 logger = logging.getLogger("ray.serve")
 
-
-def stage_options(max_ongoing_requests: int, max_replicas: int) -> dict[str, Any]:
-    """CPU-safe defaults (no GPU requested); configs/serve.yaml sets the production GPU fractions."""
-    return {
-        "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0},
-        "max_ongoing_requests": max_ongoing_requests,
-        "max_queued_requests": 64,
-        "autoscaling_config": {
-            "min_replicas": 1,
-            "max_replicas": max_replicas,
-            "target_ongoing_requests": max(1, max_ongoing_requests // 2),
-        },
-        "health_check_period_s": 10,
-    }
-
-
-DEFAULT_OPTIONS: dict[type, dict[str, Any]] = {
-    Preprocessor: stage_options(max_ongoing_requests=8, max_replicas=4),
-    LayoutGenerator: stage_options(max_ongoing_requests=16, max_replicas=4),
-    BlendSampler: stage_options(max_ongoing_requests=16, max_replicas=4),
-    FusionRanker: stage_options(max_ongoing_requests=8, max_replicas=4),
-    Upscaler: stage_options(max_ongoing_requests=8, max_replicas=4),
-    PortraitIngress: {**stage_options(max_ongoing_requests=256, max_replicas=2), "max_queued_requests": -1},
-}
+# In stage order: the deployments the ingress chains (and the names a config's deployments: entries use).
+STAGE_DEPLOYMENTS = (Preprocessor, LayoutGenerator, BlendSampler, FusionRanker, Upscaler)
 
 
 class PortraitConfigError(ValueError):
@@ -69,13 +48,16 @@ def parse_args(args: dict[str, Any] | PortraitAppArgs) -> PortraitAppArgs:
     return parsed
 
 
-def deployment(cls: type, name: str | None = None) -> serve.Deployment:
-    return serve.deployment(cls, name=name or cls.__name__, **DEFAULT_OPTIONS[cls])
+def deployment(cls: type, name: str) -> serve.Deployment:
+    options = cls.get_deployment_options()
+    logger.info("deployment %s defaults: %s", name, options)
+    return serve.deployment(cls, name=name, **options)
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """The five stage deployments behind the FastAPI ingress, from typed args (see ``PortraitAppArgs``)."""
     config = parse_args(args)
     logger.info("building Portrait Studio: %s", config.model_dump_json())
-    stages = [deployment(cls).bind(config) for cls in (Preprocessor, LayoutGenerator, BlendSampler, FusionRanker, Upscaler)]
-    return deployment(PortraitIngress).bind(*stages, config)
+    stages = [deployment(cls, cls.__name__).bind(config) for cls in STAGE_DEPLOYMENTS]
+    ingress = serve.ingress()(PortraitIngress)
+    return deployment(ingress, PortraitIngress.__name__).bind(*stages, config)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi import UploadFile
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.styles import STYLE_REF_PATTERN
-
-if TYPE_CHECKING:
-    from serve_app.pipeline.models import ModelSettings
 
 MAX_CANDIDATES = 8
 
@@ -22,7 +17,9 @@ class PortraitOptions(BaseModel):
 
     style: str = Field(pattern=STYLE_REF_PATTERN, description="style id, or id@version to pin a version")
     num_candidates: int = Field(4, ge=1, le=MAX_CANDIDATES, description="N: candidates sampled")
-    top_k: int = Field(2, ge=1, le=MAX_CANDIDATES, description="K: portraits returned, best first")
+    top_k: int = Field(
+        2, ge=1, le=MAX_CANDIDATES, description="K: portraits returned, best first; at most num_candidates (422)"
+    )
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")
     identity_weight: float | None = Field(None, ge=0.0, le=1.0, description="λ; default from the style")
     upscale: int = Field(2, description="super-resolution factor: 1, 2 or 4")
@@ -69,71 +66,10 @@ class PortraitSummary(BaseModel):
     timings: dict[str, float] = Field(description="milliseconds per stage")
 
 
-class PortraitAppArgs(BaseModel):
-    """Arguments of ``serve_app.app:build_app`` (the ``args`` of an application in a Serve config)."""
+class PortraitForm(PortraitOptions):
+    """The multipart body of ``POST /v1/portraits``: the options as form fields plus the image as a file."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    profile: str = Field("tiny", description="model profile")
-    styles_dir: str = Field(
-        "styles", description="the style library: a local folder (relative to the working dir) or an fsspec URL"
-    )
-    weights_dir: Path | None = Field(None, description="production weights folder (production profile only)")
-    weights_manifest: Path | None = Field(None, description="the weights manifest; default configs/weights.yaml")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: the GPU when there is one")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="diffusion and image-model precision; auto: float16 on a GPU, float32 on a CPU"
-    )
-    compile_unet: bool = Field(False, description="torch.compile the UNet; styles then hot-swap into one LoRA slot")
-    lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
-    max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
-    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")
-    request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
-    max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
-    max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
-    max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
-    max_lora_rank: int = Field(128, ge=1, le=1024, description="highest LoRA rank a style may have")
-    torch_threads: int | None = Field(
-        None, ge=1, le=256, description="CPU threads for torch per replica; default all cores (Ray would cap a "
-        "replica at its num_cpus, a single thread for fractional CPUs)"
-    )
-
-    @field_validator("styles_dir")
-    @classmethod
-    def _absolute_styles(cls, value: str) -> str:
-        # Replicas do not share the builder's working directory; URLs (s3://, gs://, memory://…) stay as given.
-        return value if "://" in value else str(Path(value).expanduser().resolve())
-
-    @field_validator("weights_dir", "weights_manifest")
-    @classmethod
-    def _absolute_weights(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser().resolve()
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, value: str) -> str:
-        from serve_app.pipeline.models import check_profile
-
-        return check_profile(value)
-
-    @model_validator(mode="after")
-    def _production_needs_weights(self) -> PortraitAppArgs:
-        if self.profile == "production" and self.weights_dir is None:
-            raise ValueError("the production profile needs weights_dir (see `python -m serve_app weights fetch`)")
-        return self
-
-    def model_settings(self) -> ModelSettings:
-        from serve_app.pipeline.models import ModelSettings
-
-        return ModelSettings(
-            profile=self.profile,
-            weights_dir=self.weights_dir,
-            weights_manifest=self.weights_manifest,
-            device=self.device,
-            dtype=self.dtype,
-            compile_unet=self.compile_unet,
-            max_lora_rank=self.max_lora_rank,
-        )
+    image: UploadFile = Field(description="the reference image (JPEG, PNG, WebP, BMP or TIFF)")
 
 
 class PortraitJSONRequest(PortraitOptions):

@@ -14,8 +14,8 @@ from curation import AUTH, manifest_yaml, publish
 from safetensors.torch import save
 from starlette.requests import Request
 
-from serve_app.admin import require_admin
-from serve_app.pipeline.errors import AdminDisabledError
+from serve_app.api.dependencies import require_admin
+from serve_app.errors import AdminDisabledError
 from serve_app.pipeline.models import tiny
 
 pytestmark = pytest.mark.usefixtures("serve_url")

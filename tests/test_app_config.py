@@ -7,7 +7,7 @@ import yaml
 from conftest import REPO
 
 from serve_app.app import PortraitConfigError, build_app, parse_args
-from serve_app.schemas import PortraitAppArgs
+from serve_app.settings import PortraitAppArgs
 
 
 @pytest.mark.parametrize(

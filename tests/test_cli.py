@@ -11,7 +11,7 @@ from conftest import REPO
 from PIL import Image
 
 from serve_app.__main__ import main
-from serve_app.pipeline.portrait import STAGES
+from serve_app.pipeline.stages import STAGES
 
 
 def generate(out, *extra: str) -> dict:

@@ -15,7 +15,7 @@ import skimage.data
 from conftest import png_bytes
 from PIL import Image
 
-from serve_app.pipeline.portrait import STAGES
+from serve_app.pipeline.stages import STAGES
 
 pytestmark = pytest.mark.usefixtures("serve_url")
 SMALL = {"num_candidates": "2", "top_k": "2", "seed": "3"}

@@ -26,6 +26,7 @@ from serve_app.pipeline.models import Models, ModelSettings
 from serve_app.pipeline.models.identity_attention import GatedIPAdapterAttnProcessor
 from serve_app.pipeline.models.production import ProductionWeights, verify_loadable
 from serve_app.pipeline.models.weights import LOCK_FILE, WeightsError, check_files, fetch, read_lock
+from serve_app.in_process import generate
 from serve_app.pipeline.portrait import PortraitPipeline
 from serve_app.schemas import PortraitOptions
 from serve_app.styles import StyleCatalog
@@ -194,7 +195,7 @@ def test_production_profile_generates_portraits(weights_dir, manifest_file, astr
     SegFormer parsing, GFPGAN, ArcFace conditioning and ranking, inswapper where a candidate has a face."""
     models = Models(ModelSettings(profile="production", weights_dir=weights_dir, weights_manifest=manifest_file))
     options = PortraitOptions(style="film-noir", num_candidates=2, top_k=1, seed=3, size=64, steps=2, upscale=2)
-    run = PortraitPipeline(models).generate(astronaut_png, StyleCatalog(styles_dir).get("film-noir"), options)
+    run = generate(PortraitPipeline(models), astronaut_png, StyleCatalog(styles_dir).get("film-noir"), options)
     (portrait,) = run.portraits
     assert portrait.image.shape == (128, 128, 3)
     assert np.ptp(portrait.image) > 0

@@ -1,6 +1,6 @@
-"""Errors the API answers with a documented status: caused by the request, or a condition the client may retry
-(overload, timeout, a stage restarting) — never a fault in the service's code. Each carries a stable
-machine-readable code and the HTTP status the API maps it to."""
+"""Errors the pipeline and the catalogue raise for what a request or an upload got wrong — never a fault in the
+service's code. Each carries a stable machine-readable code and the status the API answers it with; the serving
+side's own conditions (overload, timeout, a stage restarting, admin access) are in ``serve_app.api.errors``."""
 
 from __future__ import annotations
 
@@ -69,42 +69,6 @@ class InvalidParameterError(PortraitError):
     http_status = 422
 
 
-class MalformedBodyError(PortraitError):
-    """A multipart body that cannot be parsed (no boundary, broken parts, more than one file)."""
-
-    code = "malformed_body"
-    http_status = 400
-
-
-class UnsupportedMediaTypeError(PortraitError):
-    """The request body is neither multipart form data nor JSON."""
-
-    code = "unsupported_media_type"
-    http_status = 415
-
-
-class RequestTimeoutError(PortraitError):
-    code = "timeout"
-    http_status = 408
-
-
-class OverloadedError(PortraitError):
-    """Backpressure: the service is at capacity; retry later."""
-
-    code = "overloaded"
-    http_status = 503
-    retry_after_s = 2
-
-
-class StageUnavailableError(PortraitError):
-    """A stage replica died or could not be reached while serving the request (Serve restarts it); the same
-    request with the same seed can be retried and gives the same result."""
-
-    code = "stage_unavailable"
-    http_status = 503
-    retry_after_s = 5
-
-
 class StyleNotAvailableError(PortraitError):
     """The style exists but cannot be used now: scheduled for later (404), expired or retired (410)."""
 
@@ -127,18 +91,3 @@ class InvalidStyleError(PortraitError):
 
     code = "invalid_style"
     http_status = 422
-
-
-class AdminDisabledError(PortraitError):
-    code = "admin_disabled"
-    http_status = 404
-
-
-class UnauthorizedError(PortraitError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class ForbiddenError(PortraitError):
-    code = "forbidden"
-    http_status = 403

@@ -1,6 +1,8 @@
 """Checks an uploaded style LoRA before it can become visible: a real ``.safetensors`` file (header checked,
 so a pickle renamed ``.safetensors`` is refused without being unpickled), within size, dtype and rank limits,
-whose tensors all target modules of the base model (diffusers or kohya naming), and that loads onto it."""
+whose tensors all target modules of the base model (diffusers or kohya naming), and that loads onto it.
+
+Only the dry-run load needs torch: the ingress reads a ``LoraSummary`` without loading it."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from diffusers import StableDiffusionPipeline
-from safetensors.torch import load as load_safetensors
+from typing import TYPE_CHECKING
 
 from serve_app.pipeline.errors import InvalidStyleError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 ALLOWED_DTYPES = frozenset({"F16", "BF16", "F32"})
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -128,6 +131,8 @@ def inspect_lora(data: bytes, modules: dict[str, set[str]], limits: LoraLimits =
 
 def dry_run_load(pipe: StableDiffusionPipeline, data: bytes) -> None:
     """Load the LoRA onto the base model under a scratch adapter name, then remove it."""
+    from safetensors.torch import load as load_safetensors  # torch, imported where a LoRA is loaded
+
     try:
         pipe.load_lora_weights(load_safetensors(data), adapter_name=DRY_RUN_ADAPTER)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,22 +13,20 @@ from serve_app.pipeline.blend import blend_sample
 from serve_app.pipeline.fusion import FusionRanker, RankedPortrait, make_candidates
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.layout import Layout, generate_layout
-from serve_app.pipeline.lora import StyleAdapters
+from serve_app.pipeline.lora import style_adapters
 from serve_app.pipeline.masks import Ellipse, prior_ellipse
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.pipeline.request import FacePrior, PortraitRequest
 from serve_app.pipeline.sampling import SamplingPlan
+from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.pipeline.upscale import upscale_portrait
-from serve_app.schemas import PortraitOptions
-from serve_app.styles import Style
 
-STAGES = ("preprocess", "layout", "blend", "fusion", "upscale")
 
 @dataclass(frozen=True)
 class PortraitRun:
-    style: Style
-    seed: int
+    request: PortraitRequest
     plan: SamplingPlan
     reference: Reference
     layout: Layout
@@ -36,58 +34,61 @@ class PortraitRun:
     timings: dict[str, float]
 
 
-def resolve_seed(options: PortraitOptions) -> int:
-    """The request's seed, or a random one leaving room for its candidates' seeds (seed + i)."""
-    return secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
-
-
-def make_plan(style: Style, options: PortraitOptions, reference: Reference, seed: int) -> SamplingPlan:
-    defaults = style.manifest.defaults
+def make_plan(request: PortraitRequest, reference: Reference) -> SamplingPlan:
+    """What both diffusion stages sample: the request's prompts and sampling settings, conditioned on the
+    reference's identity."""
     return SamplingPlan(
-        prompt=style.manifest.prompt(options.subject),
-        negative_prompt=style.manifest.negative_prompt,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
         identity_embedding=torch.from_numpy(reference.identity_embedding),
-        seeds=tuple(seed + i for i in range(options.num_candidates)),
-        size=options.size or defaults.size,
-        steps=options.steps or defaults.steps,
-        guidance_scale=defaults.guidance_scale,
-        identity_weight=defaults.identity_weight if options.identity_weight is None else options.identity_weight,
-        t1=defaults.t1,
+        seeds=request.seeds,
+        size=request.size,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        identity_weight=request.identity_weight,
+        t1=request.t1,
     )
 
 
-def style_prior(style: Style, size: int) -> Ellipse:
-    prior = style.manifest.prior_face_mask
-    return prior_ellipse(size, (prior.center_x, prior.center_y), (prior.radius_x, prior.radius_y))
+def face_prior_ellipse(prior: FacePrior, size: int) -> Ellipse:
+    return prior_ellipse(size, prior.center, prior.radii)
 
 
 class PortraitPipeline:
-    """preprocess → layout → blend → fusion → upscale, with a style's LoRA active for the diffusion stages."""
+    """preprocess → layout → blend → fusion → upscale, with the request's style LoRA active for the diffusion
+    stages."""
 
     def __init__(self, models: Models, limits: ImageLimits = ImageLimits()) -> None:
         self.models = models
         self.limits = limits
-        self.adapters = StyleAdapters(models.diffusion)
+        self.adapters = style_adapters(models.diffusion)
         self.ranker = FusionRanker.of(models)
 
-    def generate(self, image: bytes, style: Style, options: PortraitOptions) -> PortraitRun:
-        seed = resolve_seed(options)
+    def generate(self, image: bytes, request: PortraitRequest, read_lora: Callable[[], bytes]) -> PortraitRun:
+        """``read_lora`` returns the style LoRA's safetensors bytes; it is called once per LoRA key."""
         timings: dict[str, float] = {}
-        with stopwatch(timings, "preprocess"):
+        # 1. Preprocess: decode and check the image, find the face, analyse and embed it
+        with stopwatch(timings, Stage.PREPROCESS):
             reference = preprocess(self.models, image, self.limits)
-        plan = make_plan(style, options, reference, seed)
-        self.adapters.load(style.versioned_id, style.read_lora)
-        with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
-            with stopwatch(timings, "layout"):
-                layout = generate_layout(self.models.diffusion, self.models.faces, plan, style_prior(style, plan.size))
-            with stopwatch(timings, "blend"):
+        plan = make_plan(request, reference)
+        # 2. Activate the style for both diffusion stages
+        self.adapters.load(request.lora.key, read_lora)
+        with self.adapters.active(request.lora.key, request.lora.scale):
+            # 3. Layout: prompt-only to t1, then a face mask per candidate
+            with stopwatch(timings, Stage.LAYOUT):
+                prior = face_prior_ellipse(request.face_prior, plan.size)
+                layout = generate_layout(self.models.diffusion, self.models.faces, plan, prior)
+            # 4. Blend: t1 to 0 with identity inside the masks
+            with stopwatch(timings, Stage.BLEND):
                 images = blend_sample(self.models.diffusion, plan, layout.latents, layout.masks)
-        with stopwatch(timings, "fusion"):
+        # 5. Fuse the reference face, check, score and keep the top K
+        with stopwatch(timings, Stage.FUSION):
             candidates = make_candidates(images, plan.seeds, layout.masks)
-            ranked = self.ranker.rank(candidates, reference, options.top_k)
-        with stopwatch(timings, "upscale"):
-            portraits = [self._upscaled(portrait, options.upscale) for portrait in ranked]
-        return PortraitRun(style, seed, plan, reference, layout, portraits, timings)
+            ranked = self.ranker.rank(candidates, reference, request.top_k)
+        # 6. Upscale and restore the kept portraits
+        with stopwatch(timings, Stage.UPSCALE):
+            portraits = [self._upscaled(portrait, request.upscale) for portrait in ranked]
+        return PortraitRun(request, plan, reference, layout, portraits, timings)
 
     def _upscaled(self, portrait: RankedPortrait, scale: int) -> RankedPortrait:
         image: np.ndarray = upscale_portrait(

@@ -16,8 +16,6 @@ dlib's detector, landmarks and face descriptor, OpenCV's cascades; production de
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -29,34 +27,20 @@ from serve_app.pipeline.faces import FaceAnalyzer
 from serve_app.pipeline.lora import create_slot
 from serve_app.pipeline.models.execution import compile_unet, place_pipeline, resolve_device, resolve_dtype
 from serve_app.pipeline.models.identity_attention import install_gated_processors
+from serve_app.pipeline.settings import ModelSettings
 from serve_app.pipeline.models.sources import ModelSource, model_source
 from serve_app.pipeline.parsing import FaceParser
 from serve_app.pipeline.recognition import ArcFaceRecognizer, DlibRecognizer, Recognizer
 from serve_app.pipeline.restoration import FaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
 
-PROFILES = ("tiny", "full-size", "production")
 IDENTITY_LORA = "faceid_0"  # the LoRA IP-Adapter-FaceID checkpoints carry, as diffusers names it
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """Which models (profile, weights folder) and how they run (device, dtype, compilation)."""
-
-    profile: str = "tiny"
-    weights_dir: Path | None = None
-    weights_manifest: Path | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    compile_unet: bool = False
-    max_lora_rank: int = 128
 
 
 class Models:
     """The models of one profile, each built on first use, so a stage's process builds only what it needs."""
 
     def __init__(self, settings: ModelSettings = ModelSettings()) -> None:
-        check_profile(settings.profile)
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
@@ -137,12 +121,6 @@ def fuse_identity_lora(pipe: StableDiffusionPipeline) -> None:
     if IDENTITY_LORA in pipe.get_list_adapters().get("unet", []):
         pipe.fuse_lora(adapter_names=[IDENTITY_LORA], lora_scale=1.0)
         pipe.unload_lora_weights()
-
-
-def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown model profile {profile!r}; known profiles: {', '.join(PROFILES)}")
-    return profile
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from serve_app.pipeline.restoration import FaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
 
 if TYPE_CHECKING:
-    from serve_app.pipeline.models import ModelSettings
+    from serve_app.pipeline.settings import ModelSettings
 
 UPSCALE_FACTORS = (2, 4)
 

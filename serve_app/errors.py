@@ -1,0 +1,90 @@
+"""The serving side's documented errors — overload, timeout, a stage restarting, admin access, bodies that are
+not a portrait request — and how a Ray or Serve exception maps to one."""
+
+from __future__ import annotations
+
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from serve_app.pipeline.errors import PortraitError
+
+# A stage replica that died or cannot be reached (Serve restarts it), or an object it owned that died with it.
+STAGE_UNAVAILABLE = (
+    RayActorError, ObjectLostError, WorkerCrashedError, NodeDiedError, DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+
+
+class MalformedBodyError(PortraitError):
+    """A multipart body that cannot be parsed (no boundary, broken parts, more than one file)."""
+
+    code = "malformed_body"
+    http_status = 400
+
+
+class UnsupportedMediaTypeError(PortraitError):
+    """The request body is neither multipart form data nor JSON."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class RequestTimeoutError(PortraitError):
+    code = "timeout"
+    http_status = 408
+
+
+class OverloadedError(PortraitError):
+    """Backpressure: the service is at capacity; retry later."""
+
+    code = "overloaded"
+    http_status = 503
+    retry_after_s = 2
+
+
+class StageUnavailableError(PortraitError):
+    """A stage replica died or could not be reached while serving the request (Serve restarts it); the same
+    request with the same seed can be retried and gives the same result."""
+
+    code = "stage_unavailable"
+    http_status = 503
+    retry_after_s = 5
+
+
+class AdminDisabledError(PortraitError):
+    code = "admin_disabled"
+    http_status = 404
+
+
+class UnauthorizedError(PortraitError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(PortraitError):
+    code = "forbidden"
+    http_status = 403
+
+
+class InternalError(PortraitError):
+    """A fault of the service: a JSON 500, or an in-band error event on a stream."""
+
+    code = "internal_error"
+    http_status = 500
+
+
+def documented_error(exception: BaseException) -> PortraitError | None:
+    """The documented error behind an exception, also when a stage raised it (Ray wraps those); None for a
+    fault of the service."""
+    if isinstance(exception, RayTaskError):
+        exception = exception.cause
+    if isinstance(exception, PortraitError):
+        return exception
+    if isinstance(exception, BackPressureError):
+        return OverloadedError("the service is at capacity; retry shortly")
+    if isinstance(exception, STAGE_UNAVAILABLE):
+        return StageUnavailableError(
+            "a stage of the service restarted while serving this request; retry it (the same seed gives the "
+            "same portraits)"
+        )
+    return None

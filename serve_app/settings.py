@@ -1,0 +1,35 @@
+"""``PortraitAppArgs``: the ``args`` of the application in a Serve config, validated once by the builder and handed
+to every deployment. The model settings are inherited from the pipeline's ``ModelSettings`` (their one home)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from serve_app.pipeline.settings import ModelSettings
+
+
+class PortraitAppArgs(ModelSettings):
+    """Arguments of ``serve_app.app:build_app``: the model settings plus how the service runs."""
+
+    styles_dir: str = Field(
+        "styles", description="the style library: a local folder (relative to the working dir) or an fsspec URL"
+    )
+    lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
+    max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")
+    request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
+    max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
+    max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
+    max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads for torch per replica; default all cores (Ray would cap a "
+        "replica at its num_cpus, a single thread for fractional CPUs)"
+    )
+
+    @field_validator("styles_dir")
+    @classmethod
+    def _absolute_styles(cls, value: str) -> str:
+        # Replicas do not share the builder's working directory; URLs (s3://, gs://, memory://…) stay as given.
+        return value if "://" in value else str(Path(value).expanduser().resolve())
