@@ -9,6 +9,7 @@ from spandrel import ImageModelDescriptor
 from serve_app.pipeline.image_models import run_image_model
 from serve_app.pipeline.restoration import FaceRestorer, restore_face
 
+UPSCALE_FACTORS = (2, 4)  # one super-resolution model per factor; factor 1 skips the stage's model
 FACE_RESTORATION_STRENGTH = 0.8
 
 

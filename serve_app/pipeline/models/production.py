@@ -24,11 +24,11 @@ from transformers import CLIPImageProcessor, SegformerForSemanticSegmentation
 
 from serve_app.pipeline.faces import SCRFD_INPUT, ScrfdFaceAnalyzer
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
-from serve_app.pipeline.models.sources import UPSCALE_FACTORS
 from serve_app.pipeline.models.weights import WeightsError, WeightsManifest
 from serve_app.pipeline.parsing import SegformerFaceParser
 from serve_app.pipeline.restoration import FaceRestorer, NetworkFaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
+from serve_app.pipeline.upscale import UPSCALE_FACTORS
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".onnx")
 IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")

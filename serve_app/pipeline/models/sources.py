@@ -21,11 +21,10 @@ from serve_app.pipeline.models.execution import onnx_providers, place_image_mode
 from serve_app.pipeline.parsing import FaceParser, LandmarkFaceParser
 from serve_app.pipeline.restoration import FaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
+from serve_app.pipeline.upscale import UPSCALE_FACTORS
 
 if TYPE_CHECKING:
     from serve_app.pipeline.settings import ModelSettings
-
-UPSCALE_FACTORS = (2, 4)
 
 
 class ModelSource(Protocol):
