@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import httpx
 import ray
 
+from serve_app.app import STAGE_DEPLOYMENTS
+
 APP = "portraits"
-STAGES = ("Preprocessor", "LayoutGenerator", "BlendSampler", "FusionRanker", "Upscaler")
+STAGES = tuple(cls.__name__ for cls in STAGE_DEPLOYMENTS)  # the stage deployments, by name
 # The smallest real generation: every stage runs, in well under a second on the tiny profile.
 FAST = {"num_candidates": "1", "top_k": "1", "seed": "13", "steps": "4", "size": "64", "upscale": "1"}
 
