@@ -1,18 +1,22 @@
 """The stage graph's request timeout and its retry of a stage that died, with stand-in stage handles: a
-JSON-mappable 408 or 503 and every stage call cancelled. (Through HTTP: tests/reliability/ kills real replicas.)"""
+JSON-mappable 408 or 503 and every stage call cancelled; and the ingress, a plain class, serving its app over such
+handles without Ray. (Through HTTP: tests/reliability/ kills real replicas.)"""
 
 from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from ray.exceptions import ActorDiedError
 
 from deployments.stream import PortraitJob
 from serve_app.errors import RequestTimeoutError, StageUnavailableError
 from serve_app.graph import StageGraph, StageHandles
+from serve_app.ingress import PortraitIngress
 from serve_app.portrait_request import portrait_request
 from serve_app.schemas import PortraitOptions
+from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 
 
@@ -75,3 +79,23 @@ def test_a_stage_that_died_is_retried_once_then_503_with_retry_after(job):
     assert (error.value.code, error.value.http_status, error.value.retry_after_s) == ("stage_unavailable", 503, 5)
     started = [call for stage in stages for call in stage.calls]
     assert len(stages[0].calls) == 2 and len(started) == 2 and all(call.cancelled for call in started)
+
+
+def test_the_ingress_class_serves_its_app_over_any_handles(styles_dir):
+    stages = [StandInStage() for _ in range(5)]
+    ingress = PortraitIngress(*stages, PortraitAppArgs(styles_dir=str(styles_dir), request_timeout_s=0.2))
+
+    async def answers() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=ingress.__serve_build_asgi_app__())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
+            return [
+                await client.get("/healthz"),
+                await client.get("/v1/styles"),
+                await client.post("/v1/portraits", files={"image": ("face.png", b"png")}, data={"style": "film-noir"}),
+            ]
+
+    health, styles, portrait = asyncio.run(answers())
+    assert health.json() == {"status": "ok"}
+    assert {style["id"] for style in styles.json()} == {"film-noir", "summer-beach", "xmas-sweater"}
+    assert portrait.status_code == 408 and portrait.json()["error"]["code"] == "timeout"
+    assert len(stages[0].calls) == 1 and stages[0].calls[0].cancelled
