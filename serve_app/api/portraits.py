@@ -32,6 +32,7 @@ from serve_app.api.errors import documented, log_refusal, validation_message
 from serve_app.errors import InternalError, MalformedBodyError, UnsupportedMediaTypeError, documented_error
 from serve_app.graph import GraphResult, StageGraph
 from serve_app.pipeline.errors import ImageTooLargeError, InvalidImageError, InvalidParameterError
+from serve_app.pipeline.stages import STAGES
 from serve_app.portrait_request import portrait_request, resolve_seed
 from serve_app.schemas import GeneratedPortrait, PortraitForm, PortraitJSONRequest, PortraitOptions, PortraitResponse
 
@@ -52,7 +53,33 @@ REQUEST_BODY = {
     },
 }
 Body = TypeVar("Body", PortraitForm, PortraitJSONRequest)
-STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def sse_event(name: str, data: dict) -> dict:
+    """One Server-Sent Event: its name and its data, a JSON document of schema ``data``."""
+    payload = {"type": "string", "contentMediaType": "application/json", "contentSchema": data}
+    return {"type": "object", "properties": {"event": {"const": name}, "data": payload}, "required": ["event", "data"]}
+
+
+def fields(**schemas: dict) -> dict:
+    return {"type": "object", "properties": schemas, "required": list(schemas)}
+
+
+STAGE = {"type": "string", "enum": [str(stage) for stage in STAGES]}
+# Before OpenAPI 3.2 (``itemSchema``), the schema of an event stream is that of each of its events.
+STREAM_EVENT = {
+    "description": "stage_started, step (blend) and stage_finished per stage, retry if a stage restarted; "
+    "then result or error",
+    "oneOf": [
+        sse_event("stage_started", fields(stage=STAGE)),
+        sse_event("step", fields(stage=STAGE, step={"type": "integer"}, total={"type": "integer"})),
+        sse_event("stage_finished", fields(stage=STAGE)),
+        sse_event("retry", fields(reason={"type": "string"})),
+        sse_event("result", {"$ref": "#/components/schemas/PortraitResponse"}),
+        sse_event("error", {"$ref": "#/components/schemas/ErrorResponse"}),
+    ],
+}
+STREAM = {"text/event-stream": {"schema": STREAM_EVENT}}
 
 
 @dataclass(frozen=True)
