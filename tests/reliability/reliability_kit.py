@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import ray
+from ray import serve
 
 from serve_app.app import STAGE_DEPLOYMENTS
 
@@ -130,3 +131,31 @@ def wait_until(condition: Callable[[], bool], within_s: float, every_s: float = 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def replaced(deployment: str, before: set[str]) -> bool:
+    """Serve runs ``deployment`` again after a kill: a replica not among ``before`` (the replicas at the kill) is
+    up, and every replica Serve counts is RUNNING in a HEALTHY deployment."""
+    if not replicas().get(deployment, set()) - before:
+        return False
+    overview = serve.status().applications[APP].deployments[deployment]
+    counted = [state for state, count in overview.replica_states.items() if count]
+    return overview.status == "HEALTHY" and bool(counted) and all(state == "RUNNING" for state in counted)
+
+
+def replica_pids(deployment: str) -> dict[str, int]:
+    """The process id of every live replica of ``deployment``, by replica name."""
+
+    def pid(name: str) -> int:
+        return ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: os.getpid()))
+
+    return {name: pid(name) for name in replicas().get(deployment, set())}
+
+
+def exited(pid: int) -> bool:
+    """The process is gone, or a zombie its parent has yet to reap (read from Linux's /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
