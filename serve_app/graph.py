@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ray import ObjectRef
+from ray import ObjectRef, ObjectRefGenerator
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.stream import EncodedPortrait, Finished, PortraitJob, Step
@@ -116,7 +116,7 @@ class GraphRun:
                 self.result.timings[stage] = event.ms
                 if event.lora_cache is not None:
                     self.result.lora_cache[stage] = event.lora_cache
-                result = await items.__anext__()
+                result = await next_unread(items)
                 await self._event("stage_finished", stage=stage)
                 return result
         raise RuntimeError(f"stage {stage} ended without a result")
@@ -128,4 +128,15 @@ class GraphRun:
     def cancel(self) -> None:
         for call in self.calls:
             call.cancel()
+
+
+async def next_unread(items: ObjectRefGenerator) -> ObjectRef:
+    """The stream's next item, unread. Ray's ``__anext__`` fetches (and unpickles) an item that does not exist
+    yet while it waits for it ("TODO: Avoid fetching the value" in ``ray._private.object_ref_generator``), which
+    would load a stage's result, and the ML libraries its types import, into the ingress: wait until it exists
+    without fetching (``ObjectRef._ready``, as Serve's own router does), then take it."""
+    ref, ready = items.worker.core_worker.peek_object_ref_stream(items._generator_ref)
+    if not ready:
+        await ref._ready()
+    return await items.__anext__()
 

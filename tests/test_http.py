@@ -208,3 +208,21 @@ def test_second_request_for_a_style_is_a_cache_hit(serve_url, metrics_url, sampl
         time.sleep(1)
     assert hits >= 1 and latency >= 1
     assert metric_total(metrics_url, "ray_portrait_lora_cache_total", result="miss", stage="layout") >= 1
+
+
+def test_the_ingress_replica_loads_no_ml_library_while_serving(serve_url, sample_face):
+    """Stage results pass through the ingress as unread object refs: after portraits (JSON and streamed) the
+    ingress process has imported no ML library and none of the stages' modules."""
+    import ray
+
+    from test_layers import ML_LIBRARIES
+
+    assert post_multipart(serve_url, sample_face, style="film-noir", **SMALL).status_code == 200
+    streamed = post_multipart(serve_url, sample_face, headers={"accept": "text/event-stream"}, style="film-noir", **SMALL)
+    assert "event: result" in streamed.text
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#PortraitIngress#" in a["name"]]
+    ingress = ray.get_actor(name, namespace="serve")
+    loaded = ray.get(ingress.__ray_call__.remote(lambda _: sorted(__import__("sys").modules)))
+    heavy = [m for m in loaded if m.split(".")[0] in ML_LIBRARIES]
+    stages = [m for m in loaded if m.startswith("deployments.") and m not in ("deployments.stream", "deployments.metrics", "deployments.logs", "deployments.options")]
+    assert (heavy, stages) == ([], [])
