@@ -138,7 +138,9 @@ class RegionFaceAnalyzer(ABC):
     ) -> list[DetectedFace]:
         x0, y0 = (0, 0) if region is None else (max(0, int(region[0])), max(0, int(region[1])))
         x1, y1 = (image.shape[1], image.shape[0]) if region is None else (int(region[2]), int(region[3]))
-        area = image[y0:y1, x0:x1]
+        # A copy, not a view: dlib's detector reads a strided view past its rows, so what it found in a region
+        # depended on memory outside it (tests/test_fusion.py's ranking failed about half the runs).
+        area = np.ascontiguousarray(image[y0:y1, x0:x1])
         if area.shape[0] < 16 or area.shape[1] < 16:
             return []
         with self._lock:
