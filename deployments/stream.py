@@ -20,6 +20,7 @@ class PortraitJob:
     request_id: str
     style: str
     request: PortraitRequest
+    return_masks: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class Finished:
 
 @dataclass(frozen=True)
 class EncodedPortrait:
-    """One portrait of the last stage's result: the PNG and what the response says about it."""
+    """One portrait of the last stage's result: the PNG, what the response says about it, and its layout mask as
+    a PNG when the request asked for masks."""
 
     png: bytes
     info: PortraitImage
+    mask_png: bytes | None = None

@@ -12,6 +12,7 @@ from deployments.replica import ComputeThread
 from deployments.stream import EncodedPortrait, Finished, PortraitJob
 from serve_app.pipeline.fusion import RankedPortrait
 from serve_app.pipeline.images import encode_png
+from serve_app.pipeline.masks import mask_image
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
@@ -32,22 +33,19 @@ class Upscaler:
         self.models.build("upscalers", "face_restorer")
         self.metrics = StageMetrics(Stage.UPSCALE)
 
-    def _encode(self, ranked: list[RankedPortrait], scale: int) -> list[EncodedPortrait]:
-        return [
-            EncodedPortrait(
-                encode_png(
-                    upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points, scale)
-                ),
-                PortraitImage.of(p),
-            )
-            for p in ranked
-        ]
+    def _encode(self, ranked: list[RankedPortrait], scale: int, with_masks: bool) -> list[EncodedPortrait]:
+        encoded = []
+        for p in ranked:
+            image = upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points, scale)
+            mask = encode_png(mask_image(p.mask, image.shape)) if with_masks else None
+            encoded.append(EncodedPortrait(encode_png(image), PortraitImage.of(p), mask))
+        return encoded
 
     async def __call__(
         self, ranked: list[RankedPortrait], job: PortraitJob
     ) -> AsyncIterator[Finished | list[EncodedPortrait]]:
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.UPSCALE):
-            encoded = await self.compute.run(self._encode, ranked, job.request.upscale)
+            encoded = await self.compute.run(self._encode, ranked, job.request.upscale, job.return_masks)
         yield self.metrics.finished(timings[Stage.UPSCALE])
         yield encoded

@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -33,15 +32,11 @@ from serve_app.pipeline.models.weights import (
     require_files,
 )
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
+from serve_app.sample import sample_face
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
 from serve_app.styles import MANIFEST_FILE, Style, StyleCatalog, load_style_folder
 
 DEFAULT_STYLES_DIR = Path("styles")
-
-
-def sample_face() -> bytes:
-    """The bundled sample face (cropped from scikit-image's public-domain astronaut photo)."""
-    return resources.files("serve_app").joinpath("assets/sample_face.png").read_bytes()
 
 
 def summarize(run: PortraitRun, style: Style) -> PortraitSummary:

@@ -27,7 +27,7 @@ def portrait_request(options: PortraitOptions, manifest: StyleManifest, seed: in
         steps=options.steps or defaults.steps,
         guidance_scale=defaults.guidance_scale,
         identity_weight=defaults.identity_weight if options.identity_weight is None else options.identity_weight,
-        t1=defaults.t1,
+        t1=defaults.t1 if options.t1 is None else options.t1,
         upscale=options.upscale,
         face_prior=FacePrior(center=(prior.center_x, prior.center_y), radii=(prior.radius_x, prior.radius_y)),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import UploadFile
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve_app.styles import STYLE_REF_PATTERN
 
@@ -22,18 +22,31 @@ class PortraitOptions(BaseModel):
     )
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")
     identity_weight: float | None = Field(None, ge=0.0, le=1.0, description="λ; default from the style")
+    t1: float | None = Field(
+        None, gt=0.0, lt=1.0, description="share of the steps composed prompt-only before identity is blended in; "
+        "default from the style"
+    )
     upscale: int = Field(2, description="super-resolution factor: 1, 2 or 4")
     subject: str = Field("a person", min_length=1, max_length=200, description="fills {subject} in the prompt")
     steps: int | None = Field(None, ge=2, le=150, description="denoising steps; default from the style")
     size: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="generated side before upscaling")
+    return_masks: bool = Field(False, description="add each portrait's layout mask (layout_mask_base64)")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> PortraitOptions:
-        if self.top_k > self.num_candidates:
-            raise ValueError(f"top_k ({self.top_k}) cannot exceed num_candidates ({self.num_candidates})")
-        if self.upscale not in (1, 2, 4):
-            raise ValueError(f"upscale must be 1, 2 or 4, got {self.upscale}")
-        return self
+    # Field validators rather than one model validator, so that a 422 names the field at fault.
+    @field_validator("top_k")
+    @classmethod
+    def _at_most_candidates(cls, top_k: int, info: ValidationInfo) -> int:
+        candidates = info.data.get("num_candidates")
+        if candidates is not None and top_k > candidates:
+            raise ValueError(f"top_k ({top_k}) cannot exceed num_candidates ({candidates})")
+        return top_k
+
+    @field_validator("upscale")
+    @classmethod
+    def _known_factor(cls, upscale: int) -> int:
+        if upscale not in (1, 2, 4):
+            raise ValueError(f"upscale must be 1, 2 or 4, got {upscale}")
+        return upscale
 
 
 class PortraitImage(BaseModel):
@@ -80,6 +93,10 @@ class PortraitJSONRequest(PortraitOptions):
 
 class GeneratedPortrait(PortraitImage):
     image_base64: str = Field(description="the portrait as a base64-encoded PNG")
+    layout_mask_base64: str | None = Field(
+        None, description="with return_masks: the soft face-region mask of the layout stage that placed the "
+        "identity, a greyscale PNG at the portrait's resolution (white: identity at full weight λ); else null"
+    )
 
 
 class PortraitResponse(BaseModel):
@@ -99,11 +116,18 @@ class StyleInfo(BaseModel):
     description: str
     tags: list[str]
     defaults: dict
+    preview_url: str | None = Field(description="where the style's preview image is served; null: it has none")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the request field at fault: a form field, or a dotted path inside it")
+    message: str
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
+    fields: list[FieldError] | None = Field(None, description="the fields at fault, each with what is wrong")
 
 
 class ErrorResponse(BaseModel):
@@ -118,6 +142,16 @@ class StylePatch(BaseModel):
     available_from: AwareDatetime | None = None
     available_until: AwareDatetime | None = None
     default_version: int | None = Field(None, ge=1)
+
+
+class StylePreviewRequest(BaseModel):
+    """``POST /admin/styles/{id}/preview``: a portrait of the bundled sample face in one version of a style,
+    whatever its status."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="the version to preview; default: the style's default")
+    seed: int = Field(0, ge=0, lt=2**31)
 
 
 class PublishedStyle(BaseModel):

@@ -7,6 +7,7 @@ Versions are immutable; ``<id>@<version>`` names a version everywhere (it is the
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import reprlib
 import uuid
@@ -19,9 +20,10 @@ import fsspec
 import yaml
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.pipeline.errors import InvalidStyleError, StyleNotAvailableError, UnknownStyleError
+from serve_app.pipeline.errors import InvalidStyleError, NoPreviewError, StyleNotAvailableError, UnknownStyleError
 
 _STYLE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
 _VERSION_DIGITS = 9
@@ -41,6 +43,11 @@ MAX_YAML_NODES = 10_000  # with every alias expanded; a real manifest has about 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_FILE = "style.yaml"
 LORA_FILE = "lora.safetensors"
+PREVIEW_FILE = "preview"  # + the suffix of its format
+PREVIEW_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+PREVIEW_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}  # Pillow's format name -> stored suffix
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024
+MAX_PREVIEW_PIXELS = 2048 * 2048
 STATE_FILE = "state.json"
 CLAIM_FILE = ".claim"
 
@@ -107,7 +114,7 @@ class StyleManifest(BaseModel):
     available_from: AwareDatetime | None = Field(None, description="live from (timezone-aware); none: always")
     available_until: AwareDatetime | None = Field(None, description="live until (timezone-aware); none: always")
     preview: str | None = Field(
-        None, pattern=FILE_NAME_PATTERN, description="optional preview image file name inside the style folder"
+        None, pattern=FILE_NAME_PATTERN, description="optional preview image (PNG, JPEG or WebP) in the style folder"
     )
 
     @model_validator(mode="after")
@@ -115,6 +122,13 @@ class StyleManifest(BaseModel):
         if self.available_from and self.available_until and self.available_until <= self.available_from:
             raise ValueError("available_until must be after available_from")
         return self
+
+    @field_validator("preview")
+    @classmethod
+    def _image_file(cls, value: str | None) -> str | None:
+        if value is not None and Path(value).suffix.lower() not in PREVIEW_MEDIA_TYPES:
+            raise ValueError(f"a preview is a .png, .jpg, .jpeg or .webp file, got {value!r}")
+        return value
 
     @field_validator("prompt_template")
     @classmethod
@@ -147,6 +161,14 @@ class Style:
 
     def read_lora(self) -> bytes:
         return self.fs.cat_file(self.lora_url)
+
+    def read_preview(self) -> tuple[bytes, str]:
+        """The preview image and its media type."""
+        name = self.manifest.preview
+        if name is None:
+            raise NoPreviewError(f"style {self.versioned_id} has no preview image")
+        folder = self.lora_url.rsplit("/", 1)[0]
+        return self.fs.cat_file(f"{folder}/{name}"), PREVIEW_MEDIA_TYPES[Path(name).suffix.lower()]
 
 
 class StyleFolderError(ValueError):
@@ -240,7 +262,29 @@ def read_style(fs: AbstractFileSystem, folder: str, require_lora: bool = True) -
     lora_url = f"{folder}/{manifest.lora.file}"
     if require_lora and not fs.isfile(lora_url):
         raise StyleFolderError(f"{folder}: LoRA file {manifest.lora.file!r} is missing")
+    if manifest.preview is not None and not fs.isfile(f"{folder}/{manifest.preview}"):
+        raise StyleFolderError(f"{folder}: preview image {manifest.preview!r} is missing")
     return Style(manifest=manifest, fs=fs, lora_url=lora_url)
+
+
+def preview_suffix(data: bytes) -> str:
+    """The stored file suffix of a preview image, read whole; StyleFolderError unless it is a PNG, JPEG or WebP
+    within the limits."""
+    if len(data) > MAX_PREVIEW_BYTES:
+        raise StyleFolderError(f"the preview is over the limit of {MAX_PREVIEW_BYTES} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format
+            if image_format not in PREVIEW_FORMATS:
+                raise StyleFolderError(f"the preview must be PNG, JPEG or WebP, not {image_format}")
+            if image.width * image.height > MAX_PREVIEW_PIXELS:
+                raise StyleFolderError(f"the preview has over {MAX_PREVIEW_PIXELS} pixels")
+            image.load()
+    except StyleFolderError:
+        raise
+    except Exception:  # whatever Pillow raises on a crafted or truncated file
+        raise StyleFolderError("the preview is not a readable image") from None
+    return PREVIEW_FORMATS[image_format]
 
 
 def load_style_folder(folder: Path) -> Style:
@@ -422,15 +466,19 @@ class StyleCatalog:
         return found
 
     # -- writing -------------------------------------------------------------------------------------------
-    def publish(self, manifest: StyleManifest, lora: bytes) -> Style:
-        """Store a new version of ``manifest.id`` (its ``version`` is replaced by the next free number)."""
+    def publish(self, manifest: StyleManifest, lora: bytes, preview: bytes | None = None) -> Style:
+        """Store a new version of ``manifest.id`` (its ``version`` is replaced by the next free number) with its
+        LoRA and, if given, its preview image (checked with ``preview_suffix``)."""
+        preview_name = None if preview is None else PREVIEW_FILE + preview_suffix(preview)
         version = self._claim_version(manifest.id)
         target = self._url(manifest.id, version)
         lora_spec = manifest.lora.model_copy(update={"file": LORA_FILE, "sha256": hashlib.sha256(lora).hexdigest()})
-        stored = manifest.model_copy(update={"version": version, "lora": lora_spec})
+        stored = manifest.model_copy(update={"version": version, "lora": lora_spec, "preview": preview_name})
         text = yaml.safe_dump(stored.model_dump(mode="json", exclude_none=True), sort_keys=False)
         try:
             self.fs.pipe_file(f"{target}/{LORA_FILE}", lora)
+            if preview is not None:
+                self.fs.pipe_file(f"{target}/{preview_name}", preview)
             self._replace(f"{target}/{MANIFEST_FILE}", text.encode("utf-8"))
         except BaseException:
             self.fs.rm(target, recursive=True)
@@ -463,8 +511,10 @@ class StyleCatalog:
         state = self.state(style_id).model_copy(update=changes)
         state = StyleState.model_validate(state.model_dump())
         if state.default_version is not None and state.default_version not in versions:
-            raise InvalidStyleError(f"style {style_id!r} has no version {state.default_version}")
+            message = f"style {style_id!r} has no version {state.default_version}"
+            raise InvalidStyleError(message, {"default_version": message})
         if state.available_from and state.available_until and state.available_until <= state.available_from:
-            raise InvalidStyleError("available_until must be after available_from")
+            message = "available_until must be after available_from"
+            raise InvalidStyleError(message, {"available_until": message})
         self._replace(f"{self._url(style_id)}/{STATE_FILE}", state.model_dump_json(indent=2).encode("utf-8"))
         return state

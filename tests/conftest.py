@@ -53,7 +53,7 @@ def styles_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_face() -> bytes:
-    from serve_app.__main__ import sample_face
+    from serve_app.sample import sample_face
 
     return sample_face()
 

@@ -1,8 +1,9 @@
-"""Admin routes for style curators: publish, list, schedule and retire styles, live.
+"""Admin routes for style curators: publish, list, schedule, preview and retire styles, live.
 
 Bearer token from ``STUDIO_ADMIN_TOKEN`` (compared in constant time); without it the routes answer 404
-``admin_disabled``. An upload is checked in full — manifest, LoRA header, limits, target modules and a dry-run
-load on the layout generator's base model — before the library changes, so a refused upload leaves it as it was.
+``admin_disabled``. An upload is checked in full — manifest, preview image, LoRA header, limits, target modules
+and a dry-run load on the layout generator's base model — before the library changes, so a refused upload leaves
+it as it was; its 422 names each field at fault (``manifest``, ``manifest.<path>``, ``lora``, ``preview``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, UploadFile
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve_app.api.dependencies import Catalog, Graph, Settings, require_admin
-from serve_app.api.errors import documented, refuse
+from deployments.stream import PortraitJob
+from serve_app.api.dependencies import Admitting, Catalog, Graph, Settings, require_admin
+from serve_app.api.errors import documented, field_errors, refuse
+from serve_app.api.portraits import portrait_response, request_id_for
 from serve_app.pipeline.errors import InvalidStyleError, PortraitError
-from serve_app.schemas import PublishedStyle, StylePatch
-from serve_app.styles import MAX_MANIFEST_BYTES, STYLE_ID_PATTERN, StyleFolderError, StyleStatus, parse_manifest
+from serve_app.portrait_request import portrait_request
+from serve_app.sample import sample_face
+from serve_app.schemas import PortraitOptions, PortraitResponse, PublishedStyle, StylePatch, StylePreviewRequest
+from serve_app.styles import (
+    MAX_MANIFEST_BYTES,
+    MAX_PREVIEW_BYTES,
+    STYLE_ID_PATTERN,
+    StyleFolderError,
+    StyleManifest,
+    StyleStatus,
+    parse_manifest,
+    preview_suffix,
+)
 
 PREFIX = "/admin"
 StyleId = Annotated[str, Path(pattern=STYLE_ID_PATTERN, description="style id")]
@@ -45,10 +60,44 @@ class AdminTokenFirst:
         await self.app(scope, receive, send)
 
 
-async def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
+# A preview is two candidates of the bundled sample face, the better one returned at the generated size.
+PREVIEW_OPTIONS = {"num_candidates": 2, "top_k": 1, "upscale": 1}
+
+
+async def read_limited(upload: UploadFile, limit: int, field: str) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise InvalidStyleError(f"{what} is over the limit of {limit} bytes")
+        raise upload_error(field, f"the {field} file is over the limit of {limit} bytes")
+    return data
+
+
+def upload_error(field: str, message: str) -> InvalidStyleError:
+    return InvalidStyleError(message, {field: message})
+
+
+def manifest_of(data: bytes) -> StyleManifest:
+    """The uploaded manifest; a 422 names each manifest field at fault (``manifest.<path>``), or ``manifest`` for
+    a file that is not a manifest at all."""
+    try:
+        return parse_manifest(data, "manifest")
+    except StyleFolderError as error:
+        cause = error.__cause__
+        if isinstance(cause, ValidationError):
+            raise InvalidStyleError(str(error), field_errors(cause.errors(), "manifest")) from None
+        raise upload_error("manifest", str(error)) from None
+
+
+async def read_preview(preview: UploadFile | None, manifest: StyleManifest) -> bytes | None:
+    """The uploaded preview image, checked whole; required when the manifest names one."""
+    if preview is None:
+        if manifest.preview is not None:
+            raise upload_error("preview", f"the manifest names the preview {manifest.preview!r}: upload it as 'preview'")
+        return None
+    data = await read_limited(preview, MAX_PREVIEW_BYTES, "preview")
+    try:
+        await asyncio.to_thread(preview_suffix, data)
+    except StyleFolderError as error:
+        raise upload_error("preview", str(error)) from None
     return data
 
 
@@ -60,18 +109,22 @@ async def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
     summary="Publish a style or a new version",
 )
 async def publish_style(
-    manifest: UploadFile, lora: UploadFile, settings: Settings, catalog: Catalog, graph: Graph
+    manifest: UploadFile,
+    lora: UploadFile,
+    settings: Settings,
+    catalog: Catalog,
+    graph: Graph,
+    preview: UploadFile | None = None,
 ) -> PublishedStyle:
-    manifest_data = await read_limited(manifest, MAX_MANIFEST_BYTES, "the manifest")
-    try:
-        parsed = await asyncio.to_thread(parse_manifest, manifest_data, "manifest")
-    except StyleFolderError as error:
-        raise InvalidStyleError(str(error)) from None
+    """``manifest``: the style's YAML; ``lora``: its ``.safetensors`` LoRA; ``preview`` (optional): a PNG, JPEG or
+    WebP image the studio's gallery shows."""
+    parsed = await asyncio.to_thread(manifest_of, await read_limited(manifest, MAX_MANIFEST_BYTES, "manifest"))
+    preview_data = await read_preview(preview, parsed)
     if not (lora.filename or "").endswith(".safetensors"):
-        raise InvalidStyleError("the LoRA must be a .safetensors file")
-    data = await read_limited(lora, settings.max_lora_bytes, "the LoRA file")
+        raise upload_error("lora", "the LoRA must be a .safetensors file")
+    data = await read_limited(lora, settings.max_lora_bytes, "lora")
     summary = await graph.validate_lora(data)
-    style = await asyncio.to_thread(catalog.publish, parsed, data)
+    style = await asyncio.to_thread(catalog.publish, parsed, data, preview_data)
     return PublishedStyle(
         id=style.manifest.id,
         version=style.manifest.version,
@@ -101,6 +154,24 @@ async def list_all_styles(catalog: Catalog) -> list[StyleStatus]:
 async def update_style(style_id: StyleId, patch: StylePatch, catalog: Catalog) -> StyleStatus:
     await asyncio.to_thread(catalog.update_state, style_id, **patch.model_dump(include=patch.model_fields_set))
     return catalog.status(style_id)
+
+
+@router.post(
+    "/styles/{style_id}/preview",
+    response_model=PortraitResponse,
+    responses=documented(*ADMIN_ERRORS, 408, 409, 422),
+    summary="A portrait of the bundled sample face in a version of a style, whatever its status",
+)
+async def preview_style(
+    style_id: StyleId, preview: StylePreviewRequest, request: Request, catalog: Catalog, graph: Graph,
+    admission: Admitting,
+) -> PortraitResponse:
+    version = preview.version or (await asyncio.to_thread(catalog.status, style_id)).default_version
+    style = await asyncio.to_thread(catalog.version, f"{style_id}@{version}")
+    options = PortraitOptions(style=style.versioned_id, seed=preview.seed, **PREVIEW_OPTIONS)
+    job = PortraitJob(request_id_for(request), style.versioned_id, portrait_request(options, style.manifest, preview.seed))
+    with admission.admitted():
+        return portrait_response(job, await graph.generate(job, sample_face()))
 
 
 @router.delete(

@@ -28,7 +28,7 @@ from starlette.formparsers import MultiPartParser
 from deployments.stream import PortraitJob
 from serve_app.admission import Admission
 from serve_app.api.dependencies import Admitting, Catalog, Graph, Settings
-from serve_app.api.errors import documented, log_refusal, validation_message
+from serve_app.api.errors import documented, invalid_parameters, log_refusal
 from serve_app.errors import InternalError, MalformedBodyError, UnsupportedMediaTypeError, documented_error
 from serve_app.graph import GraphResult, StageGraph
 from serve_app.pipeline.errors import ImageTooLargeError, InvalidImageError, InvalidParameterError
@@ -104,7 +104,9 @@ async def create_portrait(
     style = catalog.get(body.options.style)
     request_id = request_id_for(request)
     seed = resolve_seed(body.options)
-    job = PortraitJob(request_id, style.versioned_id, portrait_request(body.options, style.manifest, seed))
+    job = PortraitJob(
+        request_id, style.versioned_id, portrait_request(body.options, style.manifest, seed), body.options.return_masks
+    )
     logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", request_id, job.style, len(body.image),
                 body.options.num_candidates, body.options.top_k)
     # 3. Run the stage graph, streaming its progress when asked to
@@ -127,12 +129,20 @@ def portrait_response(job: PortraitJob, result: GraphResult) -> PortraitResponse
         style=job.style,
         seed=job.request.seeds[0],
         images=[
-            GeneratedPortrait(image_base64=base64.b64encode(p.png).decode("ascii"), **p.info.model_dump())
+            GeneratedPortrait(
+                image_base64=base64_text(p.png),
+                layout_mask_base64=None if p.mask_png is None else base64_text(p.mask_png),
+                **p.info.model_dump(),
+            )
             for p in result.portraits
         ],
         timings=result.timings,
         lora_cache=result.lora_cache,
     )
+
+
+def base64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 async def read_portrait_input(request: Request, max_image_bytes: int) -> PortraitInput:
@@ -163,7 +173,9 @@ async def read_form(request: Request) -> PortraitForm:
     except StarletteHTTPException as error:  # what Starlette makes of a multipart parse error
         raise MalformedBodyError(f"the multipart body cannot be parsed: {error.detail}") from None
     if not isinstance(form.get("image"), UploadFile):
-        raise InvalidParameterError("multipart requests need the image as a file field named 'image'")
+        raise InvalidParameterError(
+            "multipart requests need the image as a file field named 'image'", {"image": "choose an image file"}
+        )
     return validated(PortraitForm, dict(form.multi_items()))
 
 
@@ -179,7 +191,7 @@ def validated(model: type[Body], fields: object) -> Body:
     try:
         return model.model_validate(fields)
     except ValidationError as error:
-        raise InvalidParameterError(validation_message(error.errors())) from None
+        raise invalid_parameters(error.errors()) from None
 
 
 def sse(event: str, data: dict) -> str:

@@ -11,18 +11,26 @@ class PortraitError(Exception):
     code: str = "bad_request"
     http_status: int = 400
     retry_after_s: int | None = None  # sent as Retry-After: the client may retry the same request then
+    field: str | None = None  # the request field every error of this kind concerns, if one does
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.fields = fields if fields is not None else ({self.field: message} if self.field else {})
 
-    def to_dict(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+    def to_dict(self) -> dict[str, dict]:
+        """The JSON error body; ``fields`` names each field at fault with what is wrong with it (a page shows
+        each message next to its control)."""
+        body: dict = {"code": self.code, "message": self.message}
+        if self.fields:
+            body["fields"] = [{"field": name, "message": text} for name, text in self.fields.items()]
+        return {"error": body}
 
 
 class InvalidImageError(PortraitError):
     """The bytes are not a decodable image."""
 
+    field = "image"
     code = "invalid_image"
     http_status = 400
 
@@ -30,6 +38,7 @@ class InvalidImageError(PortraitError):
 class UnsupportedImageFormatError(PortraitError):
     """A real image, but in a format the service does not accept."""
 
+    field = "image"
     code = "unsupported_image_format"
     http_status = 415
 
@@ -37,6 +46,7 @@ class UnsupportedImageFormatError(PortraitError):
 class ImageTooLargeError(PortraitError):
     """Too many bytes or too many pixels."""
 
+    field = "image"
     code = "image_too_large"
     http_status = 413
 
@@ -44,6 +54,7 @@ class ImageTooLargeError(PortraitError):
 class ImageTooSmallError(PortraitError):
     """Too few pixels for a face to be analysed."""
 
+    field = "image"
     code = "image_too_small"
     http_status = 422
 
@@ -51,6 +62,7 @@ class ImageTooSmallError(PortraitError):
 class NoFaceError(PortraitError):
     """No face could be found in the reference image."""
 
+    field = "image"
     code = "no_face"
     http_status = 422
 
@@ -58,7 +70,15 @@ class NoFaceError(PortraitError):
 class UnknownStyleError(PortraitError):
     """The requested style does not exist."""
 
+    field = "style"
     code = "unknown_style"
+    http_status = 404
+
+
+class NoPreviewError(PortraitError):
+    """The style has no preview image."""
+
+    code = "no_preview"
     http_status = 404
 
 
@@ -72,6 +92,8 @@ class InvalidParameterError(PortraitError):
 class StyleNotAvailableError(PortraitError):
     """The style exists but cannot be used now: scheduled for later (404), expired or retired (410)."""
 
+    field = "style"
+
     def __init__(self, message: str, status: str) -> None:
         super().__init__(message)
         self.code = f"style_{status}"
@@ -82,6 +104,7 @@ class StyleIncompatibleError(PortraitError):
     """The style is in the library but its LoRA does not fit this service's base model (e.g. a library written for
     another profile): nothing the client can fix by retrying; another style works."""
 
+    field = "style"
     code = "style_incompatible"
     http_status = 409
 
@@ -91,3 +114,9 @@ class InvalidStyleError(PortraitError):
 
     code = "invalid_style"
     http_status = 422
+
+
+class InvalidLoraError(InvalidStyleError):
+    """A style upload whose LoRA file cannot be used."""
+
+    field = "lora"

@@ -54,6 +54,7 @@ class RankedPortrait:
     face_points: np.ndarray | None  # the five points of the fused face, which the upscaler restores
     placement: str | None
     rejected: str | None
+    mask: np.ndarray  # the candidate's layout mask, at latent resolution
 
     @property
     def accepted(self) -> bool:
@@ -206,4 +207,5 @@ class FusionRanker:
             face_points=face.five_points if face else None,
             placement=fused.placement,
             rejected=rejected,
+            mask=candidate.mask,
         )

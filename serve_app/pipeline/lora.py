@@ -26,7 +26,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 from safetensors.torch import load as load_safetensors
 
-from serve_app.pipeline.errors import InvalidStyleError, StyleIncompatibleError
+from serve_app.pipeline.errors import InvalidLoraError, StyleIncompatibleError
 from serve_app.pipeline.lora_validation import base_modules, dry_run_load, inspect_lora
 
 HOTSWAP_SLOT = "style_slot"
@@ -164,7 +164,7 @@ class HotSwapAdapters(PinnedAdapters):
         """The next run swaps its own style in again."""
         summary = inspect_lora(data, base_modules(self.pipe))
         if outside := sorted(target for target in summary.targets if not slot_holds(target)):
-            raise InvalidStyleError(
+            raise InvalidLoraError(
                 f"the LoRA targets modules the compiled UNet's style slot does not hold: {', '.join(outside[:5])}"
             )
         with self._lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serve_app.pipeline.errors import InvalidStyleError
+from serve_app.pipeline.errors import InvalidLoraError
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -44,29 +44,29 @@ class LoraSummary:
 def read_header(data: bytes, limits: LoraLimits) -> dict[str, dict]:
     """The safetensors header (tensor name → dtype, shape, data offsets), validated against the file."""
     if len(data) > limits.max_bytes:
-        raise InvalidStyleError(f"LoRA file is {len(data)} bytes; the limit is {limits.max_bytes}")
+        raise InvalidLoraError(f"LoRA file is {len(data)} bytes; the limit is {limits.max_bytes}")
     if data[:1] == b"\x80" or data[:4] == b"PK\x03\x04":
-        raise InvalidStyleError("the LoRA file is a pickle / torch checkpoint, not safetensors; convert it first")
+        raise InvalidLoraError("the LoRA file is a pickle / torch checkpoint, not safetensors; convert it first")
     if len(data) < 8:
-        raise InvalidStyleError("the LoRA file is too short to be safetensors")
+        raise InvalidLoraError("the LoRA file is too short to be safetensors")
     (header_size,) = struct.unpack("<Q", data[:8])
     if header_size > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise InvalidStyleError("the LoRA file is not safetensors (bad header length) or is truncated")
+        raise InvalidLoraError("the LoRA file is not safetensors (bad header length) or is truncated")
     try:
         header = json.loads(data[8 : 8 + header_size])
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to parse
-        raise InvalidStyleError("the LoRA file is not safetensors (its header is not JSON)") from None
+        raise InvalidLoraError("the LoRA file is not safetensors (its header is not JSON)") from None
     if not isinstance(header, dict):
-        raise InvalidStyleError("the LoRA file is not safetensors (its header is not a JSON object)")
+        raise InvalidLoraError("the LoRA file is not safetensors (its header is not a JSON object)")
     header.pop("__metadata__", None)
     payload = len(data) - 8 - header_size
     for name, entry in header.items():
         if not well_formed_entry(entry):
-            raise InvalidStyleError(f"the LoRA file's header entry {name!r} is malformed")
+            raise InvalidLoraError(f"the LoRA file's header entry {name!r} is malformed")
         if entry["data_offsets"][1] > payload:
-            raise InvalidStyleError(f"the LoRA file is truncated (tensor {name!r} runs past its end)")
+            raise InvalidLoraError(f"the LoRA file is truncated (tensor {name!r} runs past its end)")
     if not header:
-        raise InvalidStyleError("the LoRA file holds no tensors")
+        raise InvalidLoraError("the LoRA file holds no tensors")
     return header
 
 
@@ -106,12 +106,12 @@ def target_module(key: str) -> tuple[str, str] | None:
 
 
 def inspect_lora(data: bytes, modules: dict[str, set[str]], limits: LoraLimits = LoraLimits()) -> LoraSummary:
-    """Everything but the dry-run load; raises InvalidStyleError naming what is wrong."""
+    """Everything but the dry-run load; raises InvalidLoraError naming what is wrong."""
     header = read_header(data, limits)
     unknown, rank, targets = [], 0, set()
     for name, entry in header.items():
         if entry["dtype"] not in ALLOWED_DTYPES:
-            raise InvalidStyleError(f"tensor {name!r} has dtype {entry['dtype']}; allowed: {sorted(ALLOWED_DTYPES)}")
+            raise InvalidLoraError(f"tensor {name!r} has dtype {entry['dtype']}; allowed: {sorted(ALLOWED_DTYPES)}")
         target = target_module(name)
         if target is None or target[1] not in modules[target[0]]:
             unknown.append(name)
@@ -121,11 +121,11 @@ def inspect_lora(data: bytes, modules: dict[str, set[str]], limits: LoraLimits =
             rank = max(rank, int(entry["shape"][0]))
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5])
-        raise InvalidStyleError(
+        raise InvalidLoraError(
             f"{len(unknown)} tensor(s) target no module of the base model's UNet or text encoder: {shown}"
         )
     if rank > limits.max_rank:
-        raise InvalidStyleError(f"LoRA rank {rank} exceeds the limit of {limits.max_rank}")
+        raise InvalidLoraError(f"LoRA rank {rank} exceeds the limit of {limits.max_rank}")
     return LoraSummary(tensors=len(header), rank=rank, targets=frozenset(targets))
 
 
@@ -153,5 +153,5 @@ def validate_lora(
     try:
         (dry_run or functools.partial(dry_run_load, pipe))(data)
     except Exception as error:  # noqa: BLE001 — diffusers/peft raise many types for a LoRA that does not fit
-        raise InvalidStyleError(f"the LoRA does not load onto the base model: {error}") from None
+        raise InvalidLoraError(f"the LoRA does not load onto the base model: {error}") from None
     return summary

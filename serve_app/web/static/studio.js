@@ -1,0 +1,357 @@
+// The studio page: choose a face image and a style, generate portraits while watching the progress, and compare
+// the results with their layout masks.
+import {
+  apiJSON,
+  clearErrors,
+  connectionError,
+  el,
+  errorBody,
+  formatScore,
+  pngDataURL,
+  readEvents,
+  readResponse,
+  rejectionText,
+  showErrors,
+} from "./common.js";
+
+const form = document.getElementById("portrait-form");
+const imageInput = document.getElementById("image-input");
+const dropZone = document.getElementById("drop-zone");
+const imagePreview = document.getElementById("image-preview");
+const imageName = document.getElementById("image-name");
+const imageError = document.getElementById("image-error");
+const stylesBox = document.getElementById("styles");
+const styleError = document.getElementById("style-error");
+const identityWeight = document.getElementById("identity_weight");
+const identityWeightValue = document.getElementById("identity_weight-value");
+const seedInput = document.getElementById("seed");
+const generateButton = document.getElementById("generate");
+const formError = document.getElementById("form-error");
+const progressPanel = document.getElementById("progress");
+const stepBar = document.getElementById("step-bar");
+const stepLabel = document.getElementById("step-label");
+const retryNote = document.getElementById("retry-note");
+const resultsPanel = document.getElementById("results-panel");
+const resultSummary = document.getElementById("result-summary");
+const sameAgain = document.getElementById("same-again");
+const results = document.getElementById("results");
+
+const maxImageBytes = Number(document.body.dataset.maxImageBytes);
+const maxCandidates = Number(document.body.dataset.maxCandidates);
+// The file picker's accept list is the one place that names the image types the API takes.
+const acceptedTypes = new Set(imageInput.accept.split(","));
+// Optional controls, named like the API's form fields; an empty one is left out so the server default applies.
+const CONTROL_FIELDS = ["num_candidates", "top_k", "identity_weight", "t1", "seed", "upscale", "subject"];
+const MASK_TINT = [219, 39, 119];
+const MASK_OPACITY = 0.6;
+
+let chosenImage = null;
+let previewURL = null;
+let stylesById = new Map();
+let lastSeed = null;
+
+// --- Face image ---
+
+function formatBytes(bytes) {
+  return bytes >= 1024 * 1024 ? `${(bytes / (1024 * 1024)).toFixed(1)} MB` : `${Math.ceil(bytes / 1024)} KB`;
+}
+
+/** Why the API would refuse this file, or null when it is fine to upload. */
+function imageProblem(file) {
+  if (!acceptedTypes.has(file.type)) return `“${file.name}” is not a JPEG, PNG, WebP, BMP or TIFF image.`;
+  if (file.size > maxImageBytes) {
+    return `This image is ${formatBytes(file.size)}; images can be at most ${formatBytes(maxImageBytes)}.`;
+  }
+  return null;
+}
+
+function chooseImage(file) {
+  const problem = imageProblem(file);
+  imageError.textContent = problem ?? "";
+  setImage(problem ? null : file);
+}
+
+function setImage(file) {
+  chosenImage = file;
+  if (previewURL) URL.revokeObjectURL(previewURL);
+  previewURL = file && URL.createObjectURL(file);
+  imagePreview.hidden = !file;
+  if (file) imagePreview.src = previewURL;
+  else imagePreview.removeAttribute("src");
+  imageName.textContent = file ? file.name : "No image chosen yet.";
+}
+
+// Browsers cannot show every accepted format (TIFF): the file still goes to the API, which can read it.
+function onPreviewUnavailable() {
+  if (!chosenImage) return;
+  imagePreview.hidden = true;
+  imageName.textContent = `${chosenImage.name} (no preview for this format in your browser)`;
+}
+
+async function useSampleFace() {
+  imageInput.value = "";
+  try {
+    const response = await fetch("/sample_face.png");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const blob = await response.blob();
+    chooseImage(new File([blob], "sample_face.png", { type: blob.type || "image/png" }));
+  } catch {
+    imageError.textContent = "The sample face could not be loaded. Please try again.";
+  }
+}
+
+function onDrop(event) {
+  event.preventDefault();
+  dropZone.classList.remove("dragging");
+  const [file] = event.dataTransfer.files;
+  if (!file) return;
+  imageInput.value = "";
+  chooseImage(file);
+}
+
+function onDragOver(event) {
+  event.preventDefault();
+  event.dataTransfer.dropEffect = "copy";
+  dropZone.classList.add("dragging");
+}
+
+// --- Styles ---
+
+function selectedStyleId() {
+  return stylesBox.querySelector("input[name=style]:checked")?.value ?? null;
+}
+
+function styleCard(style, checked) {
+  const preview = style.preview_url
+    ? el("img", { class: "style-preview", src: style.preview_url, alt: "", loading: "lazy" })
+    : el("span", { class: "style-placeholder", "aria-hidden": "true" });
+  return el(
+    "label",
+    { class: "style-card", "data-style-id": style.id },
+    preview,
+    el("span", { class: "style-heading" },
+      el("input", { type: "radio", name: "style", value: style.id, checked }),
+      el("span", { class: "style-title" }, style.title)),
+    el("span", { class: "style-description" }, style.description),
+    el("span", { class: "tags" }, ...style.tags.map((tag) => el("span", { class: "tag" }, tag))),
+  );
+}
+
+/** Loads the live styles, keeping the current choice when that style is still live. */
+async function loadStyles() {
+  const answer = await apiJSON("/v1/styles");
+  if (!answer.ok) {
+    styleError.textContent = answer.body.error.message;
+    return;
+  }
+  styleError.textContent = "";
+  const selected = selectedStyleId();
+  stylesById = new Map(answer.body.map((style) => [style.id, style]));
+  stylesBox.replaceChildren(
+    ...(answer.body.length
+      ? answer.body.map((style) => styleCard(style, style.id === selected))
+      : [el("p", { class: "empty" }, "No style is live right now. Please come back a little later.")]),
+  );
+}
+
+function prefillFromStyle(event) {
+  const style = stylesById.get(event.target.value);
+  if (!style) return;
+  identityWeight.value = style.defaults.identity_weight;
+  form.elements.t1.value = style.defaults.t1;
+  showIdentityWeight();
+}
+
+function showIdentityWeight() {
+  identityWeightValue.value = Number(identityWeight.value).toFixed(2);
+}
+
+// --- Generating ---
+
+/** Client-side checks the API would make anyway; true when the request can go. */
+function readyToGenerate() {
+  if (!chosenImage) imageError.textContent = "Choose a face image first, or try the sample face.";
+  if (!selectedStyleId()) styleError.textContent = "Pick a style first.";
+  return Boolean(chosenImage && selectedStyleId());
+}
+
+function portraitForm() {
+  const data = new FormData();
+  data.append("image", chosenImage, chosenImage.name);
+  data.append("style", selectedStyleId());
+  for (const name of CONTROL_FIELDS) {
+    const value = form.elements[name].value.trim();
+    if (value) data.append(name, value);
+  }
+  data.append("return_masks", "true");
+  return data;
+}
+
+async function onGenerate(event) {
+  event.preventDefault();
+  clearErrors(form, formError);
+  if (!readyToGenerate()) return;
+  setRunning(true);
+  try {
+    const outcome = await generate(portraitForm());
+    if (outcome.ok) showResult(outcome.body);
+    else showErrors(form, outcome.body, formError);
+  } catch {
+    showErrors(form, connectionError(), formError);
+  } finally {
+    setRunning(false);
+  }
+}
+
+/** Posts the request and follows its event stream; `{ok, body}` with the portraits or the API's error. */
+async function generate(data) {
+  const response = await fetch("/v1/portraits", {
+    method: "POST",
+    headers: { Accept: "text/event-stream" },
+    body: data,
+  });
+  // A refused request is answered before any stream, as plain JSON.
+  if (!response.ok || !response.headers.get("Content-Type")?.startsWith("text/event-stream")) {
+    return readResponse(response);
+  }
+  let outcome = {
+    ok: false,
+    body: errorBody("stream_ended", "The connection closed before the portraits were ready. Please try again."),
+  };
+  await readEvents(response, (name, payload) => {
+    if (name === "result") outcome = { ok: true, body: payload };
+    else if (name === "error") outcome = { ok: false, body: payload };
+    else PROGRESS_EVENTS[name]?.(payload);
+  });
+  return outcome;
+}
+
+function setRunning(running) {
+  generateButton.disabled = running;
+  sameAgain.disabled = running;
+  form.setAttribute("aria-busy", String(running));
+  if (running) resetProgress();
+}
+
+// --- Progress ---
+
+function stageItem(stage) {
+  return progressPanel.querySelector(`li.stage[data-stage="${CSS.escape(stage)}"]`);
+}
+
+function resetProgress() {
+  progressPanel.hidden = false;
+  for (const item of progressPanel.querySelectorAll("li.stage")) item.classList.remove("active", "done");
+  stepBar.max = 1;
+  stepBar.value = 0;
+  stepLabel.textContent = "";
+  retryNote.hidden = true;
+}
+
+const PROGRESS_EVENTS = {
+  stage_started({ stage }) {
+    stageItem(stage)?.classList.add("active");
+  },
+  stage_finished({ stage }) {
+    stageItem(stage)?.classList.remove("active");
+    stageItem(stage)?.classList.add("done");
+  },
+  step({ step, total }) {
+    stepBar.max = total;
+    stepBar.value = step;
+    stepLabel.textContent = `step ${step} of ${total}`;
+  },
+  retry({ reason }) {
+    retryNote.textContent = `A stage hit a snag (${reason}) and was restarted.`;
+    retryNote.hidden = false;
+  },
+};
+
+// --- Results ---
+
+function showResult(response) {
+  lastSeed = response.seed;
+  const totalMs = Object.values(response.timings).reduce((sum, ms) => sum + ms, 0);
+  resultSummary.textContent =
+    `Style ${response.style} · first seed ${response.seed} · ${(totalMs / 1000).toFixed(1)} s in total`;
+  results.replaceChildren(...response.images.map((image, index) => resultCard(image, index, response.style)));
+  sameAgain.textContent = `Same again (seed ${response.seed})`;
+  sameAgain.hidden = false;
+  resultsPanel.hidden = false;
+}
+
+function resultCard(image, index, style) {
+  const src = pngDataURL(image.image_base64);
+  const figure = el("figure", { class: "portrait-frame" },
+    el("img", { class: "portrait", src, alt: `Portrait ${index + 1}` }));
+  const card = el("article", { class: "result" },
+    figure,
+    el("p", { class: "result-meta" },
+      el("span", { class: "score" }, formatScore(image.identity_score)),
+      el("span", { class: "seed" }, `seed ${image.seed}`)),
+    image.rejected && el("p", { class: "rejected" }, `Rejected: ${rejectionText(image.rejected)}`));
+  if (image.layout_mask_base64) card.append(maskToggle(figure, image.layout_mask_base64));
+  card.append(el("a", { class: "download", href: src, download: `portrait-${style}-${image.seed}.png` },
+    "Download PNG"));
+  return card;
+}
+
+/** Adds the layout mask overlay to a portrait's figure; returns the checkbox (in its label) that shows it. */
+function maskToggle(figure, maskBase64) {
+  const canvas = el("canvas", { class: "mask-overlay", "aria-hidden": "true", hidden: true });
+  figure.append(canvas);
+  const toggle = el("input", { type: "checkbox", class: "mask-toggle" });
+  toggle.addEventListener("change", () => {
+    canvas.hidden = !toggle.checked;
+  });
+  const label = el("label", { class: "toggle" }, toggle, "Show layout mask");
+  drawMask(canvas, maskBase64).catch(() => label.remove());
+  return label;
+}
+
+/** Draws a greyscale mask as a coloured tint whose opacity follows the mask's brightness. */
+async function drawMask(canvas, maskBase64) {
+  const mask = new Image();
+  mask.src = pngDataURL(maskBase64);
+  await mask.decode();
+  canvas.width = mask.naturalWidth;
+  canvas.height = mask.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(mask, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    const luminance = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
+    [data[i], data[i + 1], data[i + 2]] = MASK_TINT;
+    data[i + 3] = luminance * MASK_OPACITY;
+  }
+  context.putImageData(pixels, 0, 0);
+}
+
+function generateSameAgain() {
+  seedInput.value = lastSeed;
+  form.requestSubmit();
+}
+
+// --- Wiring ---
+
+document.getElementById("max-image-size").textContent = formatBytes(maxImageBytes);
+for (const id of ["num_candidates", "top_k"]) document.getElementById(id).max = maxCandidates;
+showIdentityWeight();
+
+imageInput.addEventListener("change", () => {
+  if (imageInput.files[0]) chooseImage(imageInput.files[0]);
+});
+imagePreview.addEventListener("error", onPreviewUnavailable);
+dropZone.addEventListener("dragover", onDragOver);
+dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
+dropZone.addEventListener("drop", onDrop);
+document.getElementById("sample-face").addEventListener("click", useSampleFace);
+stylesBox.addEventListener("change", prefillFromStyle);
+identityWeight.addEventListener("input", showIdentityWeight);
+form.addEventListener("submit", onGenerate);
+sameAgain.addEventListener("click", generateSameAgain);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") loadStyles();
+});
+loadStyles();
