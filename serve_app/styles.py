@@ -45,7 +45,8 @@ MANIFEST_FILE = "style.yaml"
 LORA_FILE = "lora.safetensors"
 PREVIEW_FILE = "preview"  # + the suffix of its format
 PREVIEW_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-PREVIEW_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}  # Pillow's format name -> stored suffix
+# Pillow's format name -> stored suffix; MPO is a JPEG with more pictures after the first (phones' depth maps).
+PREVIEW_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}
 MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 MAX_PREVIEW_PIXELS = 2048 * 2048
 STATE_FILE = "state.json"

@@ -16,6 +16,9 @@ from PIL import Image
 
 from serve_app.pipeline.models import Models, load_models
 
+# The browser tests' fixtures (Chromium, pages, screenshots), registered once for the whole session.
+pytest_plugins = ["browser.chromium"]
+
 REPO = Path(__file__).resolve().parents[1]
 INSIGHTFACE_IMAGES = Path(resources.files("insightface")) / "data" / "images"
 

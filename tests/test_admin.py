@@ -3,6 +3,8 @@ retirement, authentication, and refused uploads that leave the library untouched
 
 from __future__ import annotations
 
+import base64
+import io
 import pickle
 import threading
 from datetime import UTC, datetime, timedelta
@@ -10,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from conftest import ADMIN_TOKEN
+from PIL import Image
 from curation import AUTH, manifest_yaml, publish
 from safetensors.torch import save
 from starlette.requests import Request
@@ -91,6 +94,7 @@ def test_schedule_window_through_patch(serve_url, sample_face, lora):
     assert missing.status_code == 404
 
 
+# Each refused upload: what is sent, and the field its 422 names (the LoRA's are refused on a layout replica).
 REFUSED = {
     "pickle": lambda lora: (manifest_yaml("bad-one"), pickle.dumps({"weights": [1, 2]}), "lora.safetensors"),
     "not .safetensors name": lambda lora: (manifest_yaml("bad-one"), lora, "lora.pt"),
@@ -100,6 +104,7 @@ REFUSED = {
     "bad manifest": lambda lora: (manifest_yaml("bad-one", prompt_template="no placeholder"), lora, "lora.safetensors"),
     "naive window": lambda lora: (manifest_yaml("bad-one", available_from="2027-01-01T00:00:00"), lora, "lora.safetensors"),
 }
+REFUSED_FIELD = {"bad manifest": "manifest.prompt_template", "naive window": "manifest.available_from"}
 
 
 @pytest.mark.parametrize("case", REFUSED)
@@ -110,8 +115,29 @@ def test_refused_uploads_are_422_and_change_nothing(serve_url, live_styles_dir, 
     response = publish(serve_url, manifest, data, lora_name=name)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "invalid_style" and response.json()["error"]["message"]
+    assert [field["field"] for field in response.json()["error"]["fields"]] == [REFUSED_FIELD.get(case, "lora")]
     assert library(serve_url) == before_api
     assert sorted(str(p.relative_to(live_styles_dir)) for p in live_styles_dir.rglob("*")) == before_files
+
+
+def test_a_scheduled_style_is_previewed_from_the_sample_face(serve_url, sample_face, lora):
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    assert publish(serve_url, manifest_yaml("next-season", available_from=later), lora).status_code == 201
+    refused = portrait(serve_url, sample_face, "next-season")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "style_scheduled")
+
+    url = f"{serve_url}/admin/styles/next-season/preview"
+    assert httpx.post(url, json={}).status_code == 401
+    preview = httpx.post(url, json={"seed": 3}, headers=AUTH, timeout=240)
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["style"], body["seed"], len(body["images"])) == ("next-season@1", 3, 1)
+    with Image.open(io.BytesIO(base64.b64decode(body["images"][0]["image_base64"]))) as image:
+        assert image.size == (128, 128)  # the style's size, not upscaled
+    again = httpx.post(url, json={"version": 1, "seed": 3}, headers=AUTH, timeout=240).json()
+    assert again["images"][0]["image_base64"] == body["images"][0]["image_base64"]
+    missing = httpx.post(url, json={"version": 9}, headers=AUTH)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_style")
 
 
 def test_rank_too_large_is_refused(serve_url, models):

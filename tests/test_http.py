@@ -85,6 +85,32 @@ def test_event_stream_orders_stages_then_result(serve_url, sample_face):
     assert_portraits(events[-1][1], k=2, side=256)
 
 
+def portraits_of(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [image["image_base64"] for image in response.json()["images"]]
+
+
+def test_layout_masks_come_with_the_portraits_when_asked(serve_url, sample_face):
+    asked = post_multipart(serve_url, sample_face, style="film-noir", return_masks="true", **SMALL)
+    for image in asked.json()["images"]:
+        with Image.open(io.BytesIO(base64.b64decode(image["layout_mask_base64"]))) as mask:
+            assert (mask.format, mask.mode, mask.size) == ("PNG", "L", (256, 256))  # the portrait's resolution
+            pixels = np.asarray(mask)
+        assert pixels.max() == 255 and pixels[0, 0] == 0  # full weight on the face, none in the corner
+        assert 0.05 < (pixels > 127).mean() < 0.6
+    plain = post_multipart(serve_url, sample_face, style="film-noir", **SMALL)
+    assert all(image["layout_mask_base64"] is None for image in plain.json()["images"])
+    assert portraits_of(plain) == portraits_of(asked)
+
+
+def test_t1_per_request_overrides_the_styles(serve_url, sample_face):
+    default = portraits_of(post_multipart(serve_url, sample_face, style="film-noir", **SMALL))  # the style's t1: 0.3
+    assert portraits_of(post_multipart(serve_url, sample_face, style="film-noir", t1="0.3", **SMALL)) == default
+    assert portraits_of(post_multipart(serve_url, sample_face, style="film-noir", t1="0.7", **SMALL)) != default
+    refused = post_multipart(serve_url, sample_face, style="film-noir", t1="1", **SMALL)
+    assert refused.status_code == 422 and refused.json()["error"]["fields"][0]["field"] == "t1"
+
+
 def test_styles_health_and_docs(serve_url):
     styles = httpx.get(f"{serve_url}/v1/styles").json()
     assert {"xmas-sweater@1", "film-noir@1", "summer-beach@1"} <= {s["versioned_id"] for s in styles}

@@ -43,21 +43,16 @@ def refuse(request: Request, error: PortraitError) -> JSONResponse:
     return error_response(error)
 
 
-REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
-
-
 def validation_message(errors: list) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors)
 
 
 def field_errors(errors: list, within: str = "body") -> dict[str, str]:
-    """Pydantic's errors by field: the dotted path of each inside ``within`` (FastAPI's request part such as
-    'body' left out); an error of the whole document is ``within``'s own."""
+    """Pydantic's errors by field: the dotted path of each inside ``within``; an error of the whole document is
+    ``within``'s own."""
     fields: dict[str, str] = {}
     for error in errors:
         path = [str(part) for part in error.get("loc", ())]
-        if path and path[0] in REQUEST_PARTS:
-            path = path[1:]
         if within != "body":
             path = [within, *path]
         fields.setdefault(".".join(path) or within, str(error.get("msg")).removeprefix("Value error, "))
@@ -90,7 +85,8 @@ async def _ray_error(request: Request, error: RayError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    return refuse(request, invalid_parameters(error.errors()))
+    """FastAPI's locations start with the request part ('body', 'query', 'path'): the field is what follows."""
+    return refuse(request, invalid_parameters([{**e, "loc": e.get("loc", ())[1:]} for e in error.errors()]))
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
