@@ -33,8 +33,10 @@ def screenshots(pytestconfig: pytest.Config) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module: Playwright's sync API keeps an event loop running in the main thread while it is open, and
+    later tests' ``asyncio.run`` would refuse to start under it."""
     assert Path(CHROMIUM).exists(), "install Debian's chromium package (.ci/run does)"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -58,35 +60,30 @@ class PageProblems:
         self.found.append(str(error))
 
 
-def open_page(browser: Browser, **context_options) -> tuple[Page, PageProblems]:
-    context = browser.new_context(viewport=DESKTOP, **context_options)
+def checked_page(browser: Browser, serve_url: str) -> Iterator[Page]:
+    """A page in a fresh context with the service as its base URL; its test fails on a script error or a CSP
+    violation it reported."""
+    context = browser.new_context(viewport=DESKTOP, base_url=serve_url)
     page = context.new_page()
     problems = PageProblems()
     page.on("console", problems.console)
     page.on("pageerror", problems.page_error)
-    return page, problems
+    try:
+        yield page
+    finally:
+        context.close()
+    assert problems.found == []
 
 
 @pytest.fixture
 def page(browser: Browser, serve_url: str) -> Iterator[Page]:
-    """A page in a fresh context, with the service as its base URL; no script error or CSP violation allowed."""
-    page, problems = open_page(browser, base_url=serve_url)
-    try:
-        yield page
-    finally:
-        page.context.close()
-    assert problems.found == []
+    yield from checked_page(browser, serve_url)
 
 
 @pytest.fixture
 def second_page(browser: Browser, serve_url: str) -> Iterator[Page]:
     """Another tab, in a context of its own (a person with the studio open while a curator works)."""
-    page, problems = open_page(browser, base_url=serve_url)
-    try:
-        yield page
-    finally:
-        page.context.close()
-    assert problems.found == []
+    yield from checked_page(browser, serve_url)
 
 
 @pytest.fixture
