@@ -2,7 +2,7 @@
 shadow the first, which the tests import from): headless Chromium from Debian's ``chromium`` package (``.ci/run`` installs it), driven by Playwright for Python
 through ``executable_path``, so nothing is downloaded. Each page gets a fresh browser context (its own
 sessionStorage) and its test fails on a script error or a Content-Security-Policy violation; screenshots go to one
-temporary folder, printed when the browser starts."""
+temporary folder, printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -25,12 +25,19 @@ DESKTOP = {"width": 1280, "height": 900}
 SCREENSHOTS_PREFIX = "portrait-studio-screenshots-"
 
 
+SCREENSHOT_FOLDERS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
-def screenshots(pytestconfig: pytest.Config) -> Path:
+def screenshots() -> Path:
     """The folder every page's screenshot goes to, kept after the run for a person to look at."""
-    folder = Path(tempfile.mkdtemp(prefix=SCREENSHOTS_PREFIX))
-    pytestconfig.pluginmanager.get_plugin("terminalreporter").write_line(f"\nbrowser screenshots: {folder}")
-    return folder
+    SCREENSHOT_FOLDERS.append(Path(tempfile.mkdtemp(prefix=SCREENSHOTS_PREFIX)))
+    return SCREENSHOT_FOLDERS[-1]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for folder in SCREENSHOT_FOLDERS:
+        terminalreporter.write_line(f"browser screenshots: {folder}")
 
 
 @pytest.fixture(scope="module")
