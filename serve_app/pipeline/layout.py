@@ -20,6 +20,7 @@ from serve_app.pipeline.faces import FaceAnalyzer
 from serve_app.pipeline.masks import Ellipse, face_ellipse, soft_ellipse_mask, to_latent_resolution
 from serve_app.pipeline.sampling import (
     IDENTITY,
+    IDENTITY_FREE,
     Conditioning,
     SamplingPlan,
     StepCallback,
@@ -75,7 +76,7 @@ def generate_layouts(
     schedule = shared_schedule(plans)
     conditioning = encode_conditioning(pipe, plans)
     scheduler = make_scheduler(pipe, schedule.steps)
-    latents = denoise_prompt_only(pipe, scheduler, conditioning, plans, schedule.layout_steps, on_step)
+    latents = denoise(pipe, scheduler, conditioning, plans, schedule.layout_steps, on_step=on_step)
     # 2. At t1, predict the noise with identity and take the one-step estimate x̂0
     t1 = scheduler.timesteps[schedule.layout_steps]
     estimate = identity_estimate(pipe, scheduler, latents, t1, conditioning)
@@ -89,18 +90,21 @@ def generate_layouts(
     ]
 
 
-def denoise_prompt_only(
+def denoise(
     pipe: StableDiffusionPipeline,
     scheduler,
     conditioning: Conditioning,
     plans: Sequence[SamplingPlan],
     steps: int,
-    on_step: StepCallback | None,
+    identity_gate: float = IDENTITY_FREE,
+    on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Every candidate's seeded noise denoised for the first ``steps`` steps, the identity attention skipped."""
+    """Every candidate's seeded noise denoised for the first ``steps`` steps with one identity gate everywhere:
+    the layout's prompt-only steps (0: the identity attention skipped), or a baseline's (see ``baselines``)."""
     latents = torch.cat([initial_latents(pipe, plan.seeds, plan.size) for plan in plans]) * scheduler.init_noise_sigma
     for index, timestep in enumerate(scheduler.timesteps[:steps]):
-        noise = guided_noise(pipe, scheduler.scale_model_input(latents, timestep), timestep, conditioning)[0]
+        model_input = scheduler.scale_model_input(latents, timestep)
+        noise = guided_noise(pipe, model_input, timestep, conditioning, branch_gates=(identity_gate,))[0]
         latents = scheduler.step(noise, timestep, latents).prev_sample
         if on_step is not None:
             on_step(index + 1, steps)

@@ -1,0 +1,68 @@
+"""What the blend sampler is measured against (``bench/quality.py``), on the same seeds, schedule and
+conditioning: plain IP-Adapter-FaceID (identity in every step and everywhere, the standard diffusers way) and the
+prompt alone (no identity); and the locality of the blend's identity, a structural property that needs no real
+weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from serve_app.pipeline.blend import BlendRun
+from serve_app.pipeline.faces import FaceAnalyzer
+from serve_app.pipeline.layout import Layout, denoise, generate_layout
+from serve_app.pipeline.masks import Ellipse
+from serve_app.pipeline.sampling import IDENTITY, IDENTITY_FREE, SamplingPlan, encode_conditioning, make_scheduler
+
+# Where a soft mask counts as outside the face region (M ≈ 0) and inside it (M ≈ 1).
+OUTSIDE, INSIDE = 0.01, 0.99
+
+
+@torch.inference_mode()
+def sample_constant_identity(pipe: StableDiffusionPipeline, plan: SamplingPlan, identity_gate: float) -> torch.Tensor:
+    """The final latents [N, C, h, w] with one identity gate in every step: 1 plain IP-Adapter, 0 the prompt alone."""
+    scheduler = make_scheduler(pipe, plan.steps)
+    return denoise(pipe, scheduler, encode_conditioning(pipe, [plan]), [plan], plan.steps, identity_gate)
+
+
+@torch.inference_mode()
+def blend_latents(pipe: StableDiffusionPipeline, plan: SamplingPlan, layout: Layout, masks: torch.Tensor) -> torch.Tensor:
+    """The final latents of the blend sampler from a layout, blending inside ``masks`` (all ones: identity
+    everywhere from t1 on)."""
+    run = BlendRun(pipe, [plan], [layout.latents], [masks])
+    while run.done < run.total:
+        run.step()
+    return run.latents
+
+
+@dataclass(frozen=True)
+class Locality:
+    """The blend's effect on the final latents as a share of identity everywhere, outside the face mask and in it,
+    at λ = 1 from the same noise: against plain IP-Adapter (identity in every step), and against identity
+    everywhere in the same steps as the blend (from t1 on), which isolates where from when."""
+
+    outside_mask_ratio: float
+    inside_mask_ratio: float
+    outside_mask_ratio_same_steps: float
+    inside_mask_ratio_same_steps: float
+
+
+@torch.inference_mode()
+def locality(pipe: StableDiffusionPipeline, faces: FaceAnalyzer, plan: SamplingPlan, prior: Ellipse) -> Locality:
+    """mean|blend − none| / mean|reference − none| over the latents where the layout mask is ≈ 0, and ≈ 1."""
+    plan = replace(plan, identity_weight=1.0)
+    none = sample_constant_identity(pipe, plan, IDENTITY_FREE)
+    plain = sample_constant_identity(pipe, plan, IDENTITY)
+    layout = generate_layout(pipe, faces, plan, prior)
+    blend = blend_latents(pipe, plan, layout, layout.masks)
+    from_t1 = blend_latents(pipe, plan, layout, torch.ones_like(layout.masks))
+    masks = layout.masks.expand_as(blend)
+
+    def ratio(reference: torch.Tensor, region: torch.Tensor) -> float:
+        return float((blend - none).abs()[region].mean() / (reference - none).abs()[region].mean())
+
+    outside, inside = masks < OUTSIDE, masks > INSIDE
+    return Locality(ratio(plain, outside), ratio(plain, inside), ratio(from_t1, outside), ratio(from_t1, inside))
