@@ -1,0 +1,27 @@
+"""``bench/quality.py`` on the tiny profile, small: it runs, and writes what a person reads (the contact sheet, the
+λ plot) and what a machine reads (summary.json and the JSON line)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_the_quality_bench_writes_its_report_and_prints_its_figures(tmp_path):
+    command = [sys.executable, str(REPO / "bench" / "quality.py"), "--profile", "tiny", "--out", str(tmp_path),
+               "--styles", "film-noir", "--seeds", "0", "1", "--steps", "6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed == json.loads((tmp_path / "summary.json").read_text())
+    assert set(printed["methods"]) == {"blend", "blend_fused", "plain_ip_adapter", "no_identity"}
+    for figures in printed["methods"].values():
+        assert figures["images"] == 2 and 0 <= figures["non_face_similarity_to_reference"] <= 1
+        assert figures["prompt_adherence"] is None  # no CLIP model on any profile
+    assert printed["locality"]["outside_mask_ratio"] < 0.05
+    assert [point["lambda"] for point in printed["lambda_sweep"]] == [0.25, 0.5, 0.75, 1.0]
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("<img") == 1 + 1 + 4 * 2 + 2 + 4  # plot, reference, methods × seeds, masks, λ strip
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("lambda_sweep.png", "images"))
