@@ -344,7 +344,9 @@ class StyleCatalog:
 
     def __init__(self, location: str | Path, require_lora: bool = True, clock: Clock = utc_now) -> None:
         self.location = str(location)
-        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        # No listings cache: object stores' filesystems (s3fs, gcsfs) cache directory listings for good, so a
+        # version another replica published would stay invisible to this one.
+        self.fs, self.root = fsspec.core.url_to_fs(self.location, use_listings_cache=False)
         self.root = self.root.rstrip("/")
         if not self.fs.isdir(self.root):
             raise StyleFolderError(f"styles directory {self.location} does not exist")
