@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from numerics import assert_tensors_close
 
-from serve_app.pipeline.lora import HotSwapAdapters, PerStyleAdapters, adapter_name, style_adapters
+from serve_app.pipeline.lora import HotSwapAdapters, PerStyleAdapters, PinnedAdapters, adapter_name, style_adapters
 from serve_app.pipeline.sampling import SamplingPlan, encode_conditioning, guided_noise, initial_latents
 from serve_app.styles import StyleCatalog
 
@@ -134,3 +135,40 @@ def test_a_library_lora_that_does_not_fit_the_base_model_is_a_409(tmp_path, styl
         assert "film-noir@1" in error.message
     else:
         raise AssertionError("a LoRA of the wrong shapes must be refused")
+
+
+class RefusingAdapters(PinnedAdapters):
+    """Adapters that load and remove by name and refuse to activate the first time (a hot-swap that fails)."""
+
+    def __init__(self) -> None:
+        super().__init__(pipe=None)
+        self.held: list[str] = []
+        self.refusals = 1
+
+    def loaded(self) -> list[str]:
+        return [adapter_name(versioned_id) for versioned_id in self.held]
+
+    def _load(self, versioned_id, read_lora) -> None:
+        self.held.append(versioned_id)
+
+    def _activate(self, versioned_id, weight) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("the swap failed")
+
+    def _remove(self, versioned_id) -> None:
+        self.held.remove(versioned_id)
+
+
+def test_a_style_that_failed_to_activate_is_not_left_pinned():
+    adapters = RefusingAdapters()
+    adapters.load("film-noir@1", bytes)
+    with pytest.raises(RuntimeError), adapters.active("film-noir@1", 1.0):
+        pass
+    adapters.release("film-noir@1")  # unpinned: unloaded at once (before the fix the failed run kept a pin)
+    assert adapters.held == []
+    adapters.load("film-noir@1", bytes)
+    with adapters.active("film-noir@1", 1.0):
+        adapters.release("film-noir@1")
+        assert adapters.held == ["film-noir@1"]  # pinned by the run in progress
+    assert adapters.held == []

@@ -101,8 +101,8 @@ class PinnedAdapters(ABC):
     @contextmanager
     def active(self, versioned_id: str, weight: float) -> Iterator[None]:
         with self._lock:
+            self._activate(versioned_id, weight)  # first: a style that fails to activate is not left pinned
             self._pins[versioned_id] += 1
-            self._activate(versioned_id, weight)
         try:
             yield
         finally:
