@@ -268,9 +268,17 @@ def read_style(fs: AbstractFileSystem, folder: str, require_lora: bool = True) -
     return Style(manifest=manifest, fs=fs, lora_url=lora_url)
 
 
-def preview_suffix(data: bytes) -> str:
-    """The stored file suffix of a preview image, read whole; StyleFolderError unless it is a PNG, JPEG or WebP
-    within the limits."""
+@dataclass(frozen=True)
+class PreviewImage:
+    """A style's preview image, read whole and found to be a PNG, JPEG or WebP within the limits (made by
+    ``checked_preview``), and the suffix of its stored file."""
+
+    data: bytes
+    suffix: str
+
+
+def checked_preview(data: bytes) -> PreviewImage:
+    """The preview image in ``data``; StyleFolderError unless it is a PNG, JPEG or WebP within the limits."""
     if len(data) > MAX_PREVIEW_BYTES:
         raise StyleFolderError(f"the preview is over the limit of {MAX_PREVIEW_BYTES} bytes")
     try:
@@ -285,7 +293,7 @@ def preview_suffix(data: bytes) -> str:
         raise
     except Exception:  # whatever Pillow raises on a crafted or truncated file
         raise StyleFolderError("the preview is not a readable image") from None
-    return PREVIEW_FORMATS[image_format]
+    return PreviewImage(data, PREVIEW_FORMATS[image_format])
 
 
 def load_style_folder(folder: Path) -> Style:
@@ -469,10 +477,10 @@ class StyleCatalog:
         return found
 
     # -- writing -------------------------------------------------------------------------------------------
-    def publish(self, manifest: StyleManifest, lora: bytes, preview: bytes | None = None) -> Style:
+    def publish(self, manifest: StyleManifest, lora: bytes, preview: PreviewImage | None = None) -> Style:
         """Store a new version of ``manifest.id`` (its ``version`` is replaced by the next free number) with its
-        LoRA and, if given, its preview image (checked with ``preview_suffix``)."""
-        preview_name = None if preview is None else PREVIEW_FILE + preview_suffix(preview)
+        LoRA and, if given, its preview image."""
+        preview_name = None if preview is None else PREVIEW_FILE + preview.suffix
         version = self._claim_version(manifest.id)
         target = self._url(manifest.id, version)
         lora_spec = manifest.lora.model_copy(update={"file": LORA_FILE, "sha256": hashlib.sha256(lora).hexdigest()})
@@ -481,7 +489,7 @@ class StyleCatalog:
         try:
             self.fs.pipe_file(f"{target}/{LORA_FILE}", lora)
             if preview is not None:
-                self.fs.pipe_file(f"{target}/{preview_name}", preview)
+                self.fs.pipe_file(f"{target}/{preview_name}", preview.data)
             self._replace(f"{target}/{MANIFEST_FILE}", text.encode("utf-8"))
         except BaseException:
             self.fs.rm(target, recursive=True)

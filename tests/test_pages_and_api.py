@@ -30,7 +30,7 @@ from serve_app.pipeline.errors import NoFaceError, PortraitError, UnknownStyleEr
 from serve_app.pipeline.lora_validation import LoraSummary
 from serve_app.sample import sample_face
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog, StyleFolderError, parse_manifest, read_style
+from serve_app.styles import StyleCatalog, StyleFolderError, checked_preview, parse_manifest, read_style
 
 MIB = 1024 * 1024
 
@@ -244,7 +244,7 @@ def test_the_shipped_styles_have_no_preview(shipped):
 
 def test_a_published_preview_is_listed_and_served_cached_for_good_only_by_version(library):
     preview = image_bytes("PNG")
-    StyleCatalog(library).publish(parse_manifest(manifest_yaml("film-noir"), "m"), b"lora", preview)
+    StyleCatalog(library).publish(parse_manifest(manifest_yaml("film-noir"), "m"), b"lora", checked_preview(preview))
     ingress = Ingress(library)
     urls = {style["id"]: style["preview_url"] for style in ingress.get("/v1/styles").json()}
     assert urls == {"film-noir": "/v1/styles/film-noir@2/preview", "summer-beach": None, "xmas-sweater": None}
@@ -258,14 +258,14 @@ def test_a_published_preview_is_listed_and_served_cached_for_good_only_by_versio
 @pytest.mark.parametrize(("image_format", "media_type"), [("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
 def test_a_preview_is_served_with_its_image_type(library, image_format, media_type):
     preview = image_bytes(image_format)
-    StyleCatalog(library).publish(parse_manifest(manifest_yaml(), "m"), b"lora", preview)
+    StyleCatalog(library).publish(parse_manifest(manifest_yaml(), "m"), b"lora", checked_preview(preview))
     response = Ingress(library).get("/v1/styles/snow-globe@1/preview")
     assert (response.status_code, response.content, response.headers["content-type"]) == (200, preview, media_type)
 
 
 def test_the_preview_of_an_unknown_or_retired_style_is_refused(library):
     catalog = StyleCatalog(library)
-    catalog.publish(parse_manifest(manifest_yaml(), "m"), b"lora", image_bytes("PNG"))
+    catalog.publish(parse_manifest(manifest_yaml(), "m"), b"lora", checked_preview(image_bytes("PNG")))
     ingress = Ingress(library)
     assert ingress.get("/v1/styles/snow-globe/preview").status_code == 200
     assert refusal(ingress.get("/v1/styles/no-such-style/preview")) == (404, "unknown_style", ["style"])
@@ -330,7 +330,9 @@ def test_a_multi_picture_jpeg_preview_is_published_as_a_jpeg(curator):
                                                       ("WEBP", "preview.webp")])
 def test_publishing_stores_the_preview_under_its_format_and_the_manifest_names_it(library, image_format, stored):
     preview = image_bytes(image_format)
-    style = StyleCatalog(library).publish(parse_manifest(manifest_yaml(preview="cover.png"), "m"), b"lora", preview)
+    style = StyleCatalog(library).publish(
+        parse_manifest(manifest_yaml(preview="cover.png"), "m"), b"lora", checked_preview(preview)
+    )
     folder = library / "snow-globe" / "1"
     assert style.manifest.preview == stored and (folder / stored).read_bytes() == preview
     assert yaml.safe_load((folder / "style.yaml").read_text())["preview"] == stored

@@ -16,7 +16,7 @@ from conftest import free_port, png_bytes
 from curation import manifest_yaml
 from moto.server import ThreadedMotoServer
 
-from serve_app.styles import StyleCatalog, parse_manifest
+from serve_app.styles import StyleCatalog, checked_preview, parse_manifest
 
 BUCKET = "portrait-styles"
 
@@ -69,7 +69,7 @@ def test_what_another_replica_published_is_seen_at_once(library: str, s3_endpoin
 def test_publishing_on_s3_stores_the_lora_and_preview_and_state_changes_apply(library: str):
     catalog = StyleCatalog(library)
     preview = png_bytes(np.zeros((32, 32, 3), np.uint8))
-    style = catalog.publish(parse_manifest(manifest_yaml("snow-globe"), "m"), b"lora bytes", preview)
+    style = catalog.publish(parse_manifest(manifest_yaml("snow-globe"), "m"), b"lora bytes", checked_preview(preview))
     assert style.versioned_id == "snow-globe@1"
     again = StyleCatalog(library).get("snow-globe")
     assert again.read_lora() == b"lora bytes" and again.read_preview() == (preview, "image/png")

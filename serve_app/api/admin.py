@@ -30,8 +30,9 @@ from serve_app.styles import (
     StyleFolderError,
     StyleManifest,
     StyleStatus,
+    PreviewImage,
+    checked_preview,
     parse_manifest,
-    preview_suffix,
 )
 
 PREFIX = "/admin"
@@ -87,7 +88,7 @@ def manifest_of(data: bytes) -> StyleManifest:
         raise upload_error("manifest", str(error)) from None
 
 
-async def read_preview(preview: UploadFile | None, manifest: StyleManifest) -> bytes | None:
+async def read_preview(preview: UploadFile | None, manifest: StyleManifest) -> PreviewImage | None:
     """The uploaded preview image, checked whole; required when the manifest names one."""
     if preview is None:
         if manifest.preview is not None:
@@ -95,10 +96,9 @@ async def read_preview(preview: UploadFile | None, manifest: StyleManifest) -> b
         return None
     data = await read_limited(preview, MAX_PREVIEW_BYTES, "preview")
     try:
-        await asyncio.to_thread(preview_suffix, data)
+        return await asyncio.to_thread(checked_preview, data)
     except StyleFolderError as error:
         raise upload_error("preview", str(error)) from None
-    return data
 
 
 @router.post(
@@ -119,12 +119,12 @@ async def publish_style(
     """``manifest``: the style's YAML; ``lora``: its ``.safetensors`` LoRA; ``preview`` (optional): a PNG, JPEG or
     WebP image the studio's gallery shows."""
     parsed = await asyncio.to_thread(manifest_of, await read_limited(manifest, MAX_MANIFEST_BYTES, "manifest"))
-    preview_data = await read_preview(preview, parsed)
+    preview_image = await read_preview(preview, parsed)
     if not (lora.filename or "").endswith(".safetensors"):
         raise upload_error("lora", "the LoRA must be a .safetensors file")
     data = await read_limited(lora, settings.max_lora_bytes, "lora")
     summary = await graph.validate_lora(data)
-    style = await asyncio.to_thread(catalog.publish, parsed, data, preview_data)
+    style = await asyncio.to_thread(catalog.publish, parsed, data, preview_image)
     return PublishedStyle(
         id=style.manifest.id,
         version=style.manifest.version,
