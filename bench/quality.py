@@ -51,9 +51,9 @@ from serve_app.pipeline.baselines import blend_latents, locality, sample_constan
 from serve_app.pipeline.faces import DlibFaceAnalyzer
 from serve_app.pipeline.fusion import FusionRanker, make_candidates
 from serve_app.pipeline.images import decode_image, encode_png
-from serve_app.pipeline.layout import generate_layout
+from serve_app.pipeline.layout import Layout, generate_layout
 from serve_app.pipeline.lora import style_adapters
-from serve_app.pipeline.masks import prior_ellipse
+from serve_app.pipeline.masks import prior_ellipse, to_image_resolution
 from serve_app.pipeline.models import Models, load_models
 from serve_app.pipeline.portrait import make_plan
 from serve_app.pipeline.preprocess import Reference, preprocess
@@ -85,13 +85,24 @@ class Judged:
     non_face_similarity_to_reference: float
 
 
+@dataclass(frozen=True)
+class Face:
+    """One reference, prepared once for every style: what the pipeline conditions on, the render (a centred
+    square) the non-face regions are compared with, and dlib's descriptor of it (None if dlib finds no face)."""
+
+    name: str
+    reference: Reference
+    render: np.ndarray
+    descriptor: np.ndarray | None
+
+
 @dataclass
 class Case:
     """One reference face in one style: every method's judged images, the layout masks, the λ sweep."""
 
     face: str
     style: str
-    reference: np.ndarray
+    reference: np.ndarray  # the render at the generated size
     masks: list[np.ndarray] = field(default_factory=list)
     methods: dict[str, list[Judged]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -99,32 +110,34 @@ class Case:
 
 
 class Judge:
-    """Scores an image against the reference: identity by dlib's ResNet descriptor, and the likeness of everything
-    outside the face to the reference render."""
+    """Scores an image against a reference face: identity by dlib's ResNet descriptor, and the likeness of
+    everything outside the face to the reference render."""
 
-    def __init__(self, reference: np.ndarray) -> None:
+    def __init__(self) -> None:
         self.faces = DlibFaceAnalyzer()
         self.recognizer = DlibRecognizer(self.faces)
-        found = self.faces.detect(reference)
-        self.descriptor = self.recognizer.describe(reference, found[0]) if found else None
 
-    def identity(self, image: np.ndarray) -> float | None:
+    def descriptor(self, render: np.ndarray) -> np.ndarray | None:
+        found = self.faces.detect(render)
+        return self.recognizer.describe(render, found[0]) if found else None
+
+    def identity(self, image: np.ndarray, face: Face) -> float | None:
         found = self.faces.detect_generated(image)
-        if not found or self.descriptor is None:
+        if not found or face.descriptor is None:
             return None
-        distance = float(np.linalg.norm(self.recognizer.describe(image, found[0]) - self.descriptor))
+        distance = float(np.linalg.norm(self.recognizer.describe(image, found[0]) - face.descriptor))
         return float(np.clip(1 - distance / (2 * DLIB_SAME_PERSON_DISTANCE), 0, 1))
 
-    def judged(self, image: np.ndarray, seed: int, reference: np.ndarray, mask: np.ndarray) -> Judged:
+    def judged(self, image: np.ndarray, seed: int, face: Face, mask: np.ndarray) -> Judged:
         """``mask``: the candidate's layout mask, at any resolution."""
         side = image.shape[0]
-        similarity = non_face_similarity(image, resized(reference, side), outside_face(mask, side))
-        return Judged(image, seed, self.identity(image), similarity)
+        similarity = non_face_similarity(image, resized(face.render, side), outside_face(mask, side))
+        return Judged(image, seed, self.identity(image, face), similarity)
 
 
 def outside_face(mask: np.ndarray, side: int) -> np.ndarray:
     """Where a layout mask (any resolution) is under one half, at ``side`` pixels: hair, clothes, background."""
-    return cv2.resize(mask, (side, side), interpolation=cv2.INTER_LINEAR) < 0.5
+    return to_image_resolution(mask, side) < 0.5
 
 
 def resized(image: np.ndarray, side: int) -> np.ndarray:
@@ -182,6 +195,11 @@ class QualityRun:
         self.pipe = models.diffusion
         self.adapters = style_adapters(self.pipe)
         self.ranker = FusionRanker.of(models)
+        self.judge = Judge()
+
+    def face(self, name: str, image: bytes) -> Face:
+        render = square(decode_image(image))
+        return Face(name, preprocess(self.models, image), render, self.judge.descriptor(render))
 
     def plan(self, style: Style, reference: Reference, seeds: list[int]) -> tuple[SamplingPlan, tuple]:
         options = PortraitOptions(style=style.versioned_id, seed=seeds[0], num_candidates=len(seeds), top_k=1,
@@ -191,32 +209,34 @@ class QualityRun:
         prior = prior_ellipse(plan.size, request.face_prior.center, request.face_prior.radii)
         return plan, prior
 
-    def case(self, face: str, image: bytes, style: Style, seeds: list[int]) -> Case:
-        reference = preprocess(self.models, image)
-        render = square(decode_image(image))
-        judge = Judge(render)
-        plan, prior = self.plan(style, reference, seeds)
-        case = Case(face, style.versioned_id, resized(render, plan.size))
+    def case(self, face: Face, style: Style, seeds: list[int]) -> Case:
+        plan, prior = self.plan(style, face.reference, seeds)
+        case = Case(face.name, style.versioned_id, resized(face.render, plan.size))
         self.adapters.load(style.versioned_id, style.read_lora)
         with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
-            images = self.sampled(case, plan, prior, reference)
-            sweep_layout = generate_layout(self.pipe, self.models.faces, replace(plan, seeds=plan.seeds[:1]), prior)
-            case.sweep = [self.sweep_point(judge, case, replace(plan, identity_weight=weight, seeds=plan.seeds[:1]),
-                                           sweep_layout) for weight in LAMBDAS]
+            images, layout = self.sampled(case, plan, prior, face.reference)
+            first = replace(plan, seeds=plan.seeds[:1])
+            first_layout = replace(layout, latents=layout.latents[:1], masks=layout.masks[:1],
+                                   mask_sources=layout.mask_sources[:1], previews=layout.previews[:1])
+            case.sweep = [self.sweep_point(face, replace(first, identity_weight=weight), first_layout)
+                          for weight in LAMBDAS]
         case.methods = {
-            method: [judge.judged(img, seed, render, mask) for img, seed, mask in zip(found, seeds, case.masks)]
+            method: [self.judge.judged(img, seed, face, mask) for img, seed, mask in zip(found, seeds, case.masks)]
             for method, found in images.items()
         }
         return case
 
-    def sampled(self, case: Case, plan: SamplingPlan, prior, reference: Reference) -> dict[str, list[np.ndarray]]:
-        """Every method's images (at the plan's size) and the blend's masks at image resolution, timed."""
+    def sampled(
+        self, case: Case, plan: SamplingPlan, prior, reference: Reference
+    ) -> tuple[dict[str, list[np.ndarray]], Layout]:
+        """Every method's images (at the plan's size) and the blend's layout (its masks, at image resolution, in
+        ``case``), timed."""
         images: dict[str, list[np.ndarray]] = {}
         started = time.perf_counter()
         layout = generate_layout(self.pipe, self.models.faces, plan, prior)
         images["blend"] = decode_latents(self.pipe, blend_latents(self.pipe, plan, layout, layout.masks))
         case.seconds["blend"] = time.perf_counter() - started
-        case.masks = [cv2.resize(mask[0].float().cpu().numpy(), (plan.size, plan.size)) for mask in layout.masks]
+        case.masks = [to_image_resolution(mask[0].float().cpu().numpy(), plan.size) for mask in layout.masks]
         started = time.perf_counter()
         images["blend_fused"] = self.fused(images["blend"], plan, layout.masks, reference)
         case.seconds["blend_fused"] = case.seconds["blend"] + time.perf_counter() - started
@@ -224,7 +244,7 @@ class QualityRun:
             started = time.perf_counter()
             images[method] = decode_latents(self.pipe, sample_constant_identity(self.pipe, plan, gate))
             case.seconds[method] = time.perf_counter() - started
-        return images
+        return images, layout
 
     def fused(self, images: list[np.ndarray], plan: SamplingPlan, masks: torch.Tensor, reference: Reference):
         """The candidates through face fusion and ×2 upscaling, in seed order (judged at the upscaled size, where
@@ -237,18 +257,19 @@ class QualityRun:
         }
         return [by_seed[seed] for seed in plan.seeds]
 
-    def locality(self, image: bytes, style: Style, seeds: list[int]) -> dict[str, float]:
+    def locality(self, face: Face, style: Style, seeds: list[int]) -> dict[str, float]:
         """The blend's locality at λ = 1 on one face in one style (``baselines.locality``)."""
-        plan, prior = self.plan(style, preprocess(self.models, image), seeds)
+        plan, prior = self.plan(style, face.reference, seeds)
         self.adapters.load(style.versioned_id, style.read_lora)
         with self.adapters.active(style.versioned_id, style.manifest.lora.scale):
             found = locality(self.pipe, self.models.faces, plan, prior)
         return {key: round(value, 4) for key, value in dataclasses.asdict(found).items()}
 
-    def sweep_point(self, judge: Judge, case: Case, plan: SamplingPlan, layout) -> dict:
+    def sweep_point(self, face: Face, plan: SamplingPlan, layout: Layout) -> dict:
+        """The blend of the first candidate's layout at the plan's λ, judged, with its seam energy."""
         image = decode_latents(self.pipe, blend_latents(self.pipe, plan, layout, layout.masks))[0]
-        mask = cv2.resize(layout.masks[0, 0].float().cpu().numpy(), (plan.size, plan.size))
-        scored = judge.judged(image, plan.seeds[0], case.reference, mask)
+        mask = to_image_resolution(layout.masks[0, 0].float().cpu().numpy(), plan.size)
+        scored = self.judge.judged(image, plan.seeds[0], face, mask)
         return {"lambda": plan.identity_weight, "identity_similarity": scored.identity_similarity,
                 "non_face_similarity_to_reference": round(scored.non_face_similarity_to_reference, 4),
                 "seam": round(seam(image, mask), 4), "image": image}
@@ -367,18 +388,19 @@ def main() -> None:
     models = load_models(ModelSettings(profile=args.profile, weights_dir=args.weights_dir))
     catalog = StyleCatalog(args.styles_dir)
     styles = [catalog.get(style) for style in args.styles] if args.styles else catalog.list()
-    faces = {path.stem: path.read_bytes() for path in args.faces} or {"sample_face": sample_face()}
+    images = {path.stem: path.read_bytes() for path in args.faces} or {"sample_face": sample_face()}
     run = QualityRun(models, args.steps, args.size)
     started = time.perf_counter()
-    cases = [run.case(name, image, style, args.seeds) for name, image in faces.items() for style in styles]
-    found = run.locality(next(iter(faces.values())), styles[0], args.seeds)
+    faces = [run.face(name, image) for name, image in images.items()]
+    cases = [run.case(face, style, args.seeds) for face in faces for style in styles]
+    found = run.locality(faces[0], styles[0], args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {method: method_summary(cases, method) for method in METHODS}
     sweep = lambda_sweep(cases)
     result = {
         "profile": args.profile,
         "judge": "dlib ResNet descriptor (conditioning: ArcFace)",
-        "faces": list(faces),
+        "faces": [face.name for face in faces],
         "styles": [style.versioned_id for style in styles],
         "seeds": args.seeds,
         "methods": summary,

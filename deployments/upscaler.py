@@ -37,7 +37,7 @@ class Upscaler:
         encoded = []
         for p in ranked:
             image = upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points, scale)
-            mask = encode_png(mask_image(p.mask, image.shape)) if with_masks else None
+            mask = encode_png(mask_image(p.mask, image.shape[0])) if with_masks else None
             encoded.append(EncodedPortrait(encode_png(image), PortraitImage.of(p), mask))
         return encoded
 

@@ -52,11 +52,9 @@ def to_image_resolution(mask: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(mask, (side, side), interpolation=cv2.INTER_LINEAR)
 
 
-def mask_image(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A soft mask as a greyscale uint8 image of ``shape`` (height, width): 0 outside, 255 at full weight."""
-    height, width = shape[:2]
-    resized = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.round(np.clip(resized, 0.0, 1.0) * 255).astype(np.uint8)
+def mask_image(mask: np.ndarray, side: int) -> np.ndarray:
+    """A soft mask as a greyscale uint8 image of ``side`` pixels: 0 outside, 255 at full weight."""
+    return np.round(np.clip(to_image_resolution(mask, side), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def mask_box(mask: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
