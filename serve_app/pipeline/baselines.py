@@ -1,7 +1,7 @@
-"""What the blend sampler is measured against (``bench/quality.py``), on the same seeds, schedule and
-conditioning: plain IP-Adapter-FaceID (identity in every step and everywhere, the standard diffusers way) and the
-prompt alone (no identity); and the locality of the blend's identity, a structural property that needs no real
-weights.
+"""What the blend sampler is measured against (``bench/quality.py``, ``bench/gpu.py``), on the same seeds,
+schedule and conditioning: plain IP-Adapter-FaceID (identity in every step and everywhere, the standard diffusers
+way), the prompt alone (no identity) and the naive blend (the same blend, two UNet calls per step); and the
+locality of the blend's identity, a structural property that needs no real weights.
 """
 
 from __future__ import annotations
@@ -11,11 +11,19 @@ from dataclasses import dataclass, replace
 import torch
 from diffusers import StableDiffusionPipeline
 
-from serve_app.pipeline.blend import BlendRun
+from serve_app.pipeline.blend import BlendRun, BlendStep, blend_step, fuse_branches
 from serve_app.pipeline.faces import FaceAnalyzer
 from serve_app.pipeline.layout import Layout, denoise, generate_layout
 from serve_app.pipeline.masks import Ellipse
-from serve_app.pipeline.sampling import IDENTITY, IDENTITY_FREE, SamplingPlan, encode_conditioning, make_scheduler
+from serve_app.pipeline.sampling import (
+    IDENTITY,
+    IDENTITY_FREE,
+    Conditioning,
+    SamplingPlan,
+    encode_conditioning,
+    guided_noise,
+    make_scheduler,
+)
 
 # Where a soft mask counts as outside the face region (M ≈ 0) and inside it (M ≈ 1).
 OUTSIDE, INSIDE = 0.01, 0.99
@@ -28,11 +36,36 @@ def sample_constant_identity(pipe: StableDiffusionPipeline, plan: SamplingPlan, 
     return denoise(pipe, scheduler, encode_conditioning(pipe, [plan]), [plan], plan.steps, identity_gate)
 
 
+def two_call_blend_step(
+    pipe: StableDiffusionPipeline,
+    scheduler,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    conditioning: Conditioning,
+    masks: torch.Tensor,
+    identity_weight: float | torch.Tensor,
+) -> torch.Tensor:
+    """``blend_step`` the naive way: one UNet call for the identity-free branch, another for the identity one."""
+    model_input = scheduler.scale_model_input(latents, timestep)
+    free, identity = (
+        scheduler.step(guided_noise(pipe, model_input, timestep, conditioning, (gate,))[0], timestep, latents)
+        .prev_sample
+        for gate in (IDENTITY_FREE, IDENTITY)
+    )
+    return fuse_branches(free, identity, masks, identity_weight)
+
+
 @torch.inference_mode()
-def blend_latents(pipe: StableDiffusionPipeline, plan: SamplingPlan, layout: Layout, masks: torch.Tensor) -> torch.Tensor:
+def blend_latents(
+    pipe: StableDiffusionPipeline,
+    plan: SamplingPlan,
+    layout: Layout,
+    masks: torch.Tensor,
+    blend: BlendStep = blend_step,
+) -> torch.Tensor:
     """The final latents of the blend sampler from a layout, blending inside ``masks`` (all ones: identity
-    everywhere from t1 on)."""
-    run = BlendRun(pipe, [plan], [layout.latents], [masks])
+    everywhere from t1 on), one ``blend`` per step."""
+    run = BlendRun(pipe, [plan], [layout.latents], [masks], blend)
     while run.done < run.total:
         run.step()
     return run.latents
