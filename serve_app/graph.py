@@ -48,8 +48,15 @@ class StageGraph:
         self.request_timeout_s = request_timeout_s
 
     async def validate_lora(self, data: bytes) -> LoraSummary:
-        """An uploaded style LoRA checked on a layout replica's base model (dry-run load included)."""
-        return await self.handles.layout_generator.validate_lora.remote(data)
+        """An uploaded style LoRA checked on a layout replica's base model (dry-run load included), within the
+        request timeout: a replica that never answers would otherwise hold the curator's upload for good."""
+        call = self.handles.layout_generator.validate_lora.remote(data)
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await call
+        except TimeoutError:
+            call.cancel()
+            raise RequestTimeoutError(f"checking the LoRA took over {self.request_timeout_s:g} s") from None
 
     async def generate(self, job: PortraitJob, image: bytes, emit: Emit | None = None) -> GraphResult:
         """The request through every stage within the request timeout. A stage that dies mid-request (Serve

@@ -1,6 +1,7 @@
-"""The stage graph's request timeout and its retry of a stage that died, with stand-in stage handles: a
-JSON-mappable 408 or 503 and every stage call cancelled; and the ingress, a plain class, serving its app over such
-handles without Ray. (Through HTTP: tests/reliability/ kills real replicas.)"""
+"""The stage graph's request timeout (a portrait request's, an uploaded LoRA's check) and its retry of a stage
+that died, with stand-in stage handles: a JSON-mappable 408 or 503 and every stage call cancelled; and the
+ingress, a plain class, serving its app over such handles without Ray. (Through HTTP: tests/reliability/ kills
+real replicas.)"""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class StandInCall:
             raise self.error
         await asyncio.get_running_loop().create_future()
 
+    def __await__(self):  # a unary call (validate_lora) answers like the stream's first item
+        return self.__anext__().__await__()
+
     def cancel(self) -> None:
         self.cancelled = True
 
@@ -50,6 +54,10 @@ class StandInStage:
         self.calls: list[StandInCall] = []
 
     def options(self, **_) -> StandInStage:
+        return self
+
+    @property
+    def validate_lora(self) -> StandInStage:
         return self
 
     def remote(self, *_) -> StandInCall:
@@ -79,6 +87,14 @@ def test_a_stage_that_died_is_retried_once_then_503_with_retry_after(job):
     assert (error.value.code, error.value.http_status, error.value.retry_after_s) == ("stage_unavailable", 503, 5)
     started = [call for stage in stages for call in stage.calls]
     assert len(stages[0].calls) == 2 and len(started) == 2 and all(call.cancelled for call in started)
+
+
+def test_a_lora_check_over_the_timeout_is_408_and_cancelled():
+    stages = [StandInStage() for _ in range(5)]
+    with pytest.raises(RequestTimeoutError) as error:
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=0.2).validate_lora(b"lora"))
+    assert (error.value.code, error.value.http_status) == ("timeout", 408)
+    assert len(stages[1].calls) == 1 and stages[1].calls[0].cancelled
 
 
 def test_the_ingress_class_serves_its_app_over_any_handles(styles_dir):

@@ -105,7 +105,7 @@ async def read_preview(preview: UploadFile | None, manifest: StyleManifest) -> P
     "/styles",
     status_code=201,
     response_model=PublishedStyle,
-    responses=documented(*ADMIN_ERRORS, 400, 422),
+    responses=documented(*ADMIN_ERRORS, 400, 408, 422),
     summary="Publish a style or a new version",
 )
 async def publish_style(
