@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from ray.serve.handle import DeploymentHandle
 
 from deployments.logs import log_documented_errors_once
@@ -12,7 +13,7 @@ from deployments.metrics import in_flight_gauge
 from deployments.options import stage_options
 from serve_app.admission import Admission
 from serve_app.api.app import create_app
-from serve_app.api.dependencies import PortraitApp, Services
+from serve_app.api.dependencies import Services
 from serve_app.graph import StageGraph, StageHandles
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
@@ -42,5 +43,5 @@ class PortraitIngress:
             admission=Admission(args.max_in_flight, in_flight_gauge().set),
         )
 
-    def __serve_build_asgi_app__(self) -> PortraitApp:
+    def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.services)

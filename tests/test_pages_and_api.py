@@ -393,3 +393,18 @@ def test_a_route_parameter_error_names_the_field_without_fastapis_request_part(c
         "PATCH", "/admin/styles/film-noir", json={"available_from": "soon", "retired": True}, headers=AUTH
     )
     assert refusal(response) == (422, "invalid_parameter", ["available_from", "retired"])
+
+
+def test_the_api_docs_load_their_scripts_from_the_service_not_a_cdn(shipped):
+    """Swagger UI works where the browser cannot reach the internet (ReDoc's page is not offered: it fetches its
+    logo from redoc.ly)."""
+    assert shipped.get("/redoc").status_code == 404
+    response = shipped.get("/docs")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = Page(response.text)
+    scripts = [dict(attrs)["src"] for tag, attrs in page.elements if tag == "script" and dict(attrs).get("src")]
+    assert scripts and [url for url in page.urls() if re.match(r"(https?:)?//", url, re.IGNORECASE)] == []
+    assert "/openapi.json" in response.text
+    for url in page.urls():
+        asset = shipped.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 1000, url

@@ -1,17 +1,27 @@
 """``create_app``: the FastAPI app of one ingress replica — the feature routers over its services, the two pages
-and their assets, the admin token checked before any body is read, and every error answered as JSON."""
+and their assets, the API docs with theirs, the admin token checked before any body is read, and every error
+answered as JSON."""
 
 from __future__ import annotations
 
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
 from serve_app.api import admin, health, pages, portraits, styles
-from serve_app.api.dependencies import PortraitApp, Services
+from serve_app.api.dependencies import Services
 from serve_app.api.errors import install_error_handlers
 
+DOCS_ASSETS = "/docs-assets"
 DESCRIPTION = "Studio portraits in a chosen style that keep the identity of an avatar's face render."
 
 
-def create_app(services: Services) -> PortraitApp:
-    app = PortraitApp(services, title="Portrait Studio", version="0.1.0", description=DESCRIPTION)
+def create_app(services: Services) -> FastAPI:
+    # /docs with Swagger UI served from here (fastapi-offline's copy), not a CDN; no /redoc: ReDoc's page fetches
+    # its logo from redoc.ly whatever its options
+    app = FastAPIOffline(
+        title="Portrait Studio", version="0.1.0", description=DESCRIPTION, static_url=DOCS_ASSETS, redoc_url=None
+    )
+    app.state.services = services
     for feature in (portraits, styles, admin, health, pages):
         app.include_router(feature.router)
     app.mount("/static", pages.Assets(), name="static")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, Request
 
 from serve_app.admission import Admission
 from serve_app.errors import AdminDisabledError, ForbiddenError, UnauthorizedError
@@ -27,16 +27,9 @@ class Services:
     admission: Admission
 
 
-class PortraitApp(FastAPI):
-    """The FastAPI app of one ingress replica, holding the services its routes depend on."""
-
-    def __init__(self, services: Services, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.services = services
-
-
 def services(request: Request) -> Services:
-    return request.app.services
+    """The services ``create_app`` put in the app's state."""
+    return request.app.state.services
 
 
 def settings(request: Request) -> PortraitAppArgs:
