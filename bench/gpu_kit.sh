@@ -28,7 +28,7 @@ if wanted:
     raise SystemExit(f"pyproject.toml pins none of: {sorted(wanted)}")
 EOF
 )
-# pydantic's dependencies (tests/test_gpu_kit.py checks they are the versions installed here).
+# pydantic's dependencies, at versions tested together here (tests/test_gpu_bench.py checks pydantic accepts them).
 transitive="pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0"
 
 mkdir -p "$dir"
