@@ -50,7 +50,7 @@ import torch
 from e2e import STYLE, styles_for
 from serving import summary
 
-from serve_app.pipeline.baselines import blend_latents, sample_constant_identity, two_call_blend_step
+from serve_app.pipeline.baselines import blend_latents, noise_branch_by_branch, sample_constant_identity
 from serve_app.pipeline.blend import blend_sample
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE
 from serve_app.pipeline.layout import Layout, generate_layout
@@ -174,7 +174,7 @@ class Workload:
     def naive_blend(self, measured: Measured) -> None:
         layout = self.layout(measured)
         with self.timer.stage(measured, "blend"):
-            decode_latents(self.pipe, blend_latents(self.pipe, self.plan, layout, layout.masks, two_call_blend_step))
+            decode_latents(self.pipe, blend_latents(self.pipe, self.plan, layout, layout.masks, noise_branch_by_branch))
 
 
 DIFFUSION_STAGES = {"blend": ("layout", "blend"), "plain_ip_adapter": ("sample",), "naive_blend": ("layout", "blend")}

@@ -176,16 +176,16 @@ def test_requests_sampled_together_match_separate_runs(models, plan):
 def test_the_naive_two_call_blend_gives_the_batched_blends_latents(models, plan):
     """``bench/gpu.py``'s naive blend (one UNet call per branch) is the same sampler as the batched one, so their
     times compare like for like."""
-    from serve_app.pipeline.baselines import blend_latents, two_call_blend_step
+    from serve_app.pipeline.baselines import blend_latents, noise_branch_by_branch
     from serve_app.pipeline.layout import generate_layout
     from serve_app.pipeline.masks import prior_ellipse
 
     pipe = models.diffusion
     layout = generate_layout(pipe, models.faces, plan, prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26)))
     batched = blend_latents(pipe, plan, layout, layout.masks)
-    naive = blend_latents(pipe, plan, layout, layout.masks, two_call_blend_step)
+    naive = blend_latents(pipe, plan, layout, layout.masks, noise_branch_by_branch)
     # One batch-16 call against two of 8 per step: different kernels, the tolerance of tests/numerics.py (equal
     # here). The naive blend inside the inverted mask lands 1.19 away (latents up to 24), so the check has teeth.
     assert_tensors_close(naive, batched)
-    inverted = blend_latents(pipe, plan, layout, 1 - layout.masks, two_call_blend_step)
+    inverted = blend_latents(pipe, plan, layout, 1 - layout.masks, noise_branch_by_branch)
     assert (inverted - batched).abs().max() > 0.1

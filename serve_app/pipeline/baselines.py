@@ -6,12 +6,13 @@ locality of the blend's identity, a structural property that needs no real weigh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from serve_app.pipeline.blend import BlendRun, BlendStep, blend_step, fuse_branches
+from serve_app.pipeline.blend import BlendRun, BranchNoise
 from serve_app.pipeline.faces import FaceAnalyzer
 from serve_app.pipeline.layout import Layout, denoise, generate_layout
 from serve_app.pipeline.masks import Ellipse
@@ -36,23 +37,15 @@ def sample_constant_identity(pipe: StableDiffusionPipeline, plan: SamplingPlan, 
     return denoise(pipe, scheduler, encode_conditioning(pipe, [plan]), [plan], plan.steps, identity_gate)
 
 
-def two_call_blend_step(
+def noise_branch_by_branch(
     pipe: StableDiffusionPipeline,
-    scheduler,
     latents: torch.Tensor,
     timestep: torch.Tensor,
     conditioning: Conditioning,
-    masks: torch.Tensor,
-    identity_weight: float | torch.Tensor,
+    branch_gates: Sequence[float],
 ) -> torch.Tensor:
-    """``blend_step`` the naive way: one UNet call for the identity-free branch, another for the identity one."""
-    model_input = scheduler.scale_model_input(latents, timestep)
-    free, identity = (
-        scheduler.step(guided_noise(pipe, model_input, timestep, conditioning, (gate,))[0], timestep, latents)
-        .prev_sample
-        for gate in (IDENTITY_FREE, IDENTITY)
-    )
-    return fuse_branches(free, identity, masks, identity_weight)
+    """``guided_noise`` the naive way, one UNet call per branch: the naive blend's noise."""
+    return torch.stack([guided_noise(pipe, latents, timestep, conditioning, (gate,))[0] for gate in branch_gates])
 
 
 @torch.inference_mode()
@@ -61,11 +54,11 @@ def blend_latents(
     plan: SamplingPlan,
     layout: Layout,
     masks: torch.Tensor,
-    blend: BlendStep = blend_step,
+    branch_noise: BranchNoise = guided_noise,
 ) -> torch.Tensor:
     """The final latents of the blend sampler from a layout, blending inside ``masks`` (all ones: identity
-    everywhere from t1 on), one ``blend`` per step."""
-    run = BlendRun(pipe, [plan], [layout.latents], [masks], blend)
+    everywhere from t1 on), the branches' noise from ``branch_noise``."""
+    run = BlendRun(pipe, [plan], [layout.latents], [masks], branch_noise)
     while run.done < run.total:
         run.step()
     return run.latents

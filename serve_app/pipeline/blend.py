@@ -46,8 +46,9 @@ def identity_weights(plans: Sequence[SamplingPlan], latents: torch.Tensor) -> to
     ).view(-1, 1, 1, 1)
 
 
-BlendStep = Callable[..., torch.Tensor]
-"""``blend(pipe, scheduler, latents, timestep, conditioning, masks, identity_weight)`` → the next latents."""
+BranchNoise = Callable[..., torch.Tensor]
+"""``noise(pipe, latents, timestep, conditioning, branch_gates)`` → guided noise [branches, M, C, h, w]:
+``guided_noise`` (one UNet call for every branch) or the naive blend's branch-by-branch calls (``baselines``)."""
 
 
 def blend_step(
@@ -58,10 +59,11 @@ def blend_step(
     conditioning: Conditioning,
     masks: torch.Tensor,
     identity_weight: float | torch.Tensor,
+    branch_noise: BranchNoise = guided_noise,
 ) -> torch.Tensor:
     """One denoising step for all candidates: one UNet call, one scheduler step over both branches, one fuse."""
     model_input = scheduler.scale_model_input(latents, timestep)
-    noise = guided_noise(pipe, model_input, timestep, conditioning, branch_gates=(IDENTITY_FREE, IDENTITY))
+    noise = branch_noise(pipe, model_input, timestep, conditioning, branch_gates=(IDENTITY_FREE, IDENTITY))
     both = scheduler.step(noise.flatten(0, 1), timestep, latents.repeat(2, 1, 1, 1)).prev_sample
     free, identity = both.chunk(2)
     return fuse_branches(free, identity, masks, identity_weight)
@@ -69,8 +71,8 @@ def blend_step(
 
 class BlendRun:
     """The blend sampling of several requests that share a schedule, one step per ``step()`` call, so a caller
-    can report progress or interleave work between steps. ``blend`` takes each step (the baselines' two-call step
-    is measured against ``blend_step``)."""
+    can report progress or interleave work between steps. ``branch_noise`` predicts the branches' noise (the
+    baselines' naive blend calls the UNet once per branch)."""
 
     @torch.inference_mode()
     def __init__(
@@ -79,10 +81,10 @@ class BlendRun:
         plans: Sequence[SamplingPlan],
         latents: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
-        blend: BlendStep = blend_step,
+        branch_noise: BranchNoise = guided_noise,
     ) -> None:
         schedule = shared_schedule(plans)  # checked first: the plans must share one
-        self.pipe, self.plans, self.blend = pipe, list(plans), blend
+        self.pipe, self.plans, self.branch_noise = pipe, list(plans), branch_noise
         # 1. Batch the candidates: layout latents, face masks, identity weights
         self.latents, self.masks = torch.cat(list(latents)), torch.cat(list(masks))
         self.weights = identity_weights(plans, self.latents)
@@ -100,8 +102,15 @@ class BlendRun:
     def step(self) -> int:
         """3. Run the next step (both branches, fused); returns how many steps are done."""
         timestep = self.timesteps[self.done]
-        self.latents = self.blend(
-            self.pipe, self.scheduler, self.latents, timestep, self.conditioning, self.masks, self.weights
+        self.latents = blend_step(
+            self.pipe,
+            self.scheduler,
+            self.latents,
+            timestep,
+            self.conditioning,
+            self.masks,
+            self.weights,
+            self.branch_noise,
         )
         self.done += 1
         return self.done
