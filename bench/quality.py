@@ -47,13 +47,14 @@ import transformers
 from serving import REPO
 from skimage.metrics import structural_similarity
 
-from serve_app.pipeline.baselines import blend_latents, locality, sample_constant_identity
+from serve_app.pipeline.baselines import locality, sample_constant_identity
+from serve_app.pipeline.blend import blend_sample
 from serve_app.pipeline.faces import DlibFaceAnalyzer
 from serve_app.pipeline.fusion import FusionRanker, make_candidates
 from serve_app.pipeline.images import decode_image, encode_png
 from serve_app.pipeline.layout import Layout, generate_layout
 from serve_app.pipeline.lora import style_adapters
-from serve_app.pipeline.masks import prior_ellipse, to_image_resolution
+from serve_app.pipeline.masks import Ellipse, prior_ellipse, to_image_resolution
 from serve_app.pipeline.models import Models, load_models
 from serve_app.pipeline.portrait import make_plan
 from serve_app.pipeline.preprocess import Reference, preprocess
@@ -201,7 +202,7 @@ class QualityRun:
         render = square(decode_image(image))
         return Face(name, preprocess(self.models, image), render, self.judge.descriptor(render))
 
-    def plan(self, style: Style, reference: Reference, seeds: list[int]) -> tuple[SamplingPlan, tuple]:
+    def plan(self, style: Style, reference: Reference, seeds: list[int]) -> tuple[SamplingPlan, Ellipse]:
         options = PortraitOptions(style=style.versioned_id, seed=seeds[0], num_candidates=len(seeds), top_k=1,
                                   steps=self.steps, size=self.size)
         request = portrait_request(options, style.manifest, seeds[0])
@@ -227,14 +228,14 @@ class QualityRun:
         return case
 
     def sampled(
-        self, case: Case, plan: SamplingPlan, prior, reference: Reference
+        self, case: Case, plan: SamplingPlan, prior: Ellipse, reference: Reference
     ) -> tuple[dict[str, list[np.ndarray]], Layout]:
         """Every method's images (at the plan's size) and the blend's layout (its masks, at image resolution, in
         ``case``), timed."""
         images: dict[str, list[np.ndarray]] = {}
         started = time.perf_counter()
         layout = generate_layout(self.pipe, self.models.faces, plan, prior)
-        images["blend"] = decode_latents(self.pipe, blend_latents(self.pipe, plan, layout, layout.masks))
+        images["blend"] = blend_sample(self.pipe, plan, layout.latents, layout.masks)
         case.seconds["blend"] = time.perf_counter() - started
         case.masks = [to_image_resolution(mask[0].float().cpu().numpy(), plan.size) for mask in layout.masks]
         started = time.perf_counter()
@@ -267,7 +268,7 @@ class QualityRun:
 
     def sweep_point(self, face: Face, plan: SamplingPlan, layout: Layout) -> dict:
         """The blend of the first candidate's layout at the plan's λ, judged, with its seam energy."""
-        image = decode_latents(self.pipe, blend_latents(self.pipe, plan, layout, layout.masks))[0]
+        image = blend_sample(self.pipe, plan, layout.latents, layout.masks)[0]
         mask = to_image_resolution(layout.masks[0, 0].float().cpu().numpy(), plan.size)
         scored = self.judge.judged(image, plan.seeds[0], face, mask)
         return {"lambda": plan.identity_weight, "identity_similarity": scored.identity_similarity,
