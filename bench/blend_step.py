@@ -34,7 +34,7 @@ def naive_step(pipe, scheduler, latents, timestep, conditioning, masks, identity
     for index in range(latents.shape[0]):
         latent = latents[index : index + 1]
         model_input = scheduler.scale_model_input(latent, timestep)
-        single = conditioning.candidates(index, index + 1)
+        single = conditioning.candidates(slice(index, index + 1))
         branches = [
             scheduler.step(guided_noise(pipe, model_input, timestep, single, (gate,))[0], timestep, latent)
             .prev_sample

@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 
 from deployments.layout_generator import PlannedLayout
+from deployments.callers import Caller, CallersRun, waiting_caller, waiting_members
 from deployments.logs import log_documented_errors_once
 from deployments.metrics import StageMetrics
 from deployments.options import stage_options
@@ -46,29 +47,42 @@ class BlendSampler:
 
     async def __call__(self, planned: PlannedLayout) -> AsyncIterator[Step | Finished | list[Candidate]]:
         # A batched generator cannot be streamed to a handle directly: this plain generator wraps it.
-        async for item in self.sample_batch(planned):
-            if item is not None:
-                yield item
+        with waiting_caller() as caller:
+            async for item in self.sample_batch((planned, caller)):
+                if item is not None:
+                    yield item
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
-    async def sample_batch(self, requests: list[PlannedLayout]) -> AsyncIterator[list]:
-        """Yields one item per request each time: its step, or None while another schedule group runs; then
-        every request's ``Finished``, then its candidates."""
+    async def sample_batch(self, requests: list[tuple[PlannedLayout, Caller]]) -> AsyncIterator[list]:
+        """Yields one item per request each time: its step, or None while another schedule group runs (or once its
+        caller left); then every request's ``Finished``, then its candidates (none for a caller who left)."""
         self.metrics.batch(len(requests))
-        plans = [request.plan for request in requests]
+        layouts = [planned.layout for planned, _ in requests]
+        plans = [planned.plan for planned, _ in requests]
+        callers = [caller for _, caller in requests]
         candidates: list[list[Candidate]] = [[] for _ in requests]
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.BLEND):
             async with self.styles.activated() as hit:
                 for group in schedule_groups(plans):
-                    layouts = [requests[i].layout for i in group]
-                    run = await self.compute.run(
-                        BlendRun, self.pipe, [plans[i] for i in group], [l.latents for l in layouts], [l.masks for l in layouts]
+                    if not (members := waiting_members(group, callers)):
+                        continue
+                    run = CallersRun(
+                        await self.compute.run(
+                            BlendRun,
+                            self.pipe,
+                            [plans[i] for i in members],
+                            [layouts[i].latents for i in members],
+                            [layouts[i].masks for i in members],
+                        ),
+                        members,
+                        callers,
                     )
-                    while run.done < run.total:
-                        step = Step(Stage.BLEND, await self.compute.run(run.step), run.total)
-                        yield [step if i in group else None for i in range(len(requests))]
-                    for index, layout, images in zip(group, layouts, await self.compute.run(run.images)):
-                        candidates[index] = make_candidates(images, plans[index].seeds, layout.masks)
+                    async for done in run.steps(self.compute, self.metrics):
+                        step = Step(Stage.BLEND, done, run.run.total)
+                        yield [step if i in run.members else None for i in range(len(requests))]
+                    if run.members:
+                        for index, images in zip(run.members, await self.compute.run(run.run.images)):
+                            candidates[index] = make_candidates(images, plans[index].seeds, layouts[index].masks)
         yield [self.metrics.finished(timings[Stage.BLEND], "hit" if hit else "miss")] * len(requests)
         yield candidates

@@ -8,13 +8,14 @@ from typing import Any
 
 from ray import serve
 
+from deployments.callers import Caller, CallersRun, waiting_caller, waiting_members
 from deployments.logs import log_documented_errors_once
 from deployments.metrics import StageMetrics
 from deployments.options import stage_options
 from deployments.replica import ComputeThread
 from deployments.stream import Finished, PortraitJob
 from deployments.style_cache import StyleCache
-from serve_app.pipeline.layout import Layout, generate_layouts
+from serve_app.pipeline.layout import Layout, LayoutRun
 from serve_app.pipeline.lora import style_adapters
 from serve_app.pipeline.lora_validation import LoraLimits, LoraSummary, validate_lora
 from serve_app.pipeline.models import load_models
@@ -61,26 +62,35 @@ class LayoutGenerator:
             )
 
     async def __call__(self, reference: Reference, job: PortraitJob) -> AsyncIterator[Finished | PlannedLayout]:
-        finished, planned = await self.generate_batch((reference, job))
+        with waiting_caller() as caller:
+            finished, planned = await self.generate_batch((reference, job, caller))
         yield finished
         yield planned
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def generate_batch(
-        self, requests: list[tuple[Reference, PortraitJob]]
-    ) -> list[tuple[Finished, PlannedLayout]]:
+        self, requests: list[tuple[Reference, PortraitJob, Caller]]
+    ) -> list[tuple[Finished, PlannedLayout] | None]:
+        """Each request's layout; None for a request whose caller left (nobody reads it)."""
         self.metrics.batch(len(requests))
+        callers = [caller for _, _, caller in requests]
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.LAYOUT):
             async with self.styles.activated() as hit:
-                plans = [make_plan(job.request, reference) for reference, job in requests]
-                priors = [face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job) in zip(plans, requests)]
+                plans = [make_plan(job.request, reference) for reference, job, _ in requests]
+                priors = [face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job, _) in zip(plans, requests)]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):
-                    found = await self.compute.run(
-                        generate_layouts, self.pipe, self.faces, [plans[i] for i in group], [priors[i] for i in group]
-                    )
-                    for index, layout in zip(group, found):
-                        layouts[index] = layout
+                    if not (members := waiting_members(group, callers)):
+                        continue
+                    run = CallersRun(await self.compute.run(LayoutRun, self.pipe, [plans[i] for i in members]), members, callers)
+                    async for _ in run.steps(self.compute, self.metrics):
+                        pass
+                    if run.members:
+                        found = await self.compute.run(run.run.layouts, self.faces, [priors[i] for i in run.members])
+                        for index, layout in zip(run.members, found):
+                            layouts[index] = layout
         finished = self.metrics.finished(timings[Stage.LAYOUT], "hit" if hit else "miss")
-        return [(finished, PlannedLayout(plan, layout)) for plan, layout in zip(plans, layouts)]
+        return [
+            None if layout is None else (finished, PlannedLayout(plan, layout)) for plan, layout in zip(plans, layouts)
+        ]

@@ -1,6 +1,6 @@
-"""Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, requests in
-flight at the ingress, LoRA cache hits and misses, and returned portraits by outcome (accepted or why rejected,
-``unsafe_content`` among them)."""
+"""Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, denoising
+steps run, requests and their estimated work in flight at the ingress, LoRA cache hits and misses, and returned portraits by outcome
+(accepted or why rejected, ``unsafe_content`` among them)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ class StageMetrics:
             description="Style LoRA lookups in a replica's cache, by result (hit or miss).",
             tag_keys=("stage", "result"),
         )
-
+        self._steps = metrics.Counter(
+            "portrait_denoising_steps",
+            description="Denoising steps a diffusion stage ran (one per step of a batch, whatever its size).",
+            tag_keys=("stage",),
+        )
         self._images = metrics.Counter(
             "portrait_images",
             description="Portraits returned, by outcome: accepted, or the reason they only fill the K.",
@@ -51,6 +55,9 @@ class StageMetrics:
     def batch(self, size: int) -> None:
         self._batch.observe(size, tags={"stage": self.stage})
 
+    def denoising_step(self) -> None:
+        self._steps.inc(tags={"stage": self.stage})
+
     def lora_lookup(self, hit: bool) -> None:
         self._lora.inc(tags={"stage": self.stage, "result": "hit" if hit else "miss"})
 
@@ -59,5 +66,18 @@ class StageMetrics:
             self._images.inc(tags={"stage": self.stage, "outcome": reason or "accepted"})
 
 
-def in_flight_gauge() -> metrics.Gauge:
-    return metrics.Gauge("portrait_requests_in_flight", description="Requests admitted by the ingress and not done.")
+class InFlightGauges:
+    """What the ingress admitted and is not done: requests, and their estimated work in cost units."""
+
+    def __init__(self) -> None:
+        self._requests = metrics.Gauge(
+            "portrait_requests_in_flight", description="Requests admitted by the ingress and not done."
+        )
+        self._cost = metrics.Gauge(
+            "portrait_cost_in_flight",
+            description="Estimated work of the requests admitted and not done, in cost units (serve_app.admission).",
+        )
+
+    def set(self, requests: int, cost: float) -> None:
+        self._requests.set(requests)
+        self._cost.set(cost)

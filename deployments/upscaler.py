@@ -33,19 +33,22 @@ class Upscaler:
         self.models.build("upscalers", "face_restorer")
         self.metrics = StageMetrics(Stage.UPSCALE)
 
-    def _encode(self, ranked: list[RankedPortrait], scale: int, with_masks: bool) -> list[EncodedPortrait]:
-        encoded = []
-        for p in ranked:
-            image = upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points, scale)
-            mask = encode_png(mask_image(p.mask, image.shape[0])) if with_masks else None
-            encoded.append(EncodedPortrait(encode_png(image), PortraitImage.of(p), mask))
-        return encoded
+    def _encode(self, portrait: RankedPortrait, scale: int, with_mask: bool) -> EncodedPortrait:
+        image = upscale_portrait(
+            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.face_points, scale
+        )
+        mask = encode_png(mask_image(portrait.mask, image.shape[0])) if with_mask else None
+        return EncodedPortrait(encode_png(image), PortraitImage.of(portrait), mask)
 
     async def __call__(
         self, ranked: list[RankedPortrait], job: PortraitJob
     ) -> AsyncIterator[Finished | list[EncodedPortrait]]:
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.UPSCALE):
-            encoded = await self.compute.run(self._encode, ranked, job.request.upscale, job.return_masks)
+            # One portrait per call on the compute thread: a cancelled request stops between portraits.
+            encoded = [
+                await self.compute.run(self._encode, portrait, job.request.upscale, job.return_masks)
+                for portrait in ranked
+            ]
         yield self.metrics.finished(timings[Stage.UPSCALE])
         yield encoded

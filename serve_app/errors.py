@@ -1,4 +1,4 @@
-"""The serving side's documented errors — overload, timeout, a stage restarting, admin access, bodies that are
+"""The serving side's documented errors — overload, a request over the cost ceiling, timeout, a stage restarting, admin access, bodies that are
 not a portrait request — and how a Ray or Serve exception maps to one."""
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ class UnsupportedMediaTypeError(PortraitError):
 class RequestTimeoutError(PortraitError):
     code = "timeout"
     http_status = 408
+
+
+class RequestTooCostlyError(PortraitError):
+    """A request whose estimated work is over the service's per-request ceiling: lower the fields named."""
+
+    code = "request_too_costly"
+    http_status = 422
 
 
 class OverloadedError(PortraitError):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from ray.serve.handle import DeploymentHandle
 
 from deployments.logs import log_documented_errors_once
-from deployments.metrics import in_flight_gauge
+from deployments.metrics import InFlightGauges
 from deployments.options import stage_options
 from serve_app.admission import Admission
 from serve_app.api.app import create_app
@@ -22,7 +22,8 @@ from serve_app.styles import StyleCatalog
 class PortraitIngress:
     @staticmethod
     def get_deployment_options() -> dict[str, Any]:
-        # Chained stage calls skip Serve's queue limits: admission control (max_in_flight) is the backpressure.
+        # Chained stage calls skip Serve's queue limits: admission control (by count and cost) is the
+        # backpressure.
         return {**stage_options(max_ongoing_requests=256, max_replicas=2), "max_queued_requests": -1}
 
     def __init__(
@@ -40,7 +41,9 @@ class PortraitIngress:
             settings=args,
             catalog=StyleCatalog(args.styles_dir),
             graph=StageGraph(handles, args.request_timeout_s),
-            admission=Admission(args.max_in_flight, in_flight_gauge().set),
+            admission=Admission(
+                args.max_in_flight, args.max_cost_in_flight, args.max_request_cost, InFlightGauges().set
+            ),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

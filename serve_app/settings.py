@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.pipeline.settings import ModelSettings
 
@@ -21,12 +21,28 @@ class PortraitAppArgs(ModelSettings):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")
     request_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="408 after this long")
     max_in_flight: int = Field(32, ge=1, le=10_000, description="admitted requests before 503 (backpressure)")
+    max_cost_in_flight: float = Field(
+        4000.0, gt=0.0, description="estimated work admitted at once before 503 (backpressure), in cost units: one "
+        "denoising step of one 512×512 candidate (serve_app.admission)"
+    )
+    max_request_cost: float = Field(
+        1000.0, gt=0.0, description="estimated work of one request above which it is refused with 422, in cost units"
+    )
     max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
     max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="CPU threads for torch per replica; default all cores (Ray would cap a "
         "replica at its num_cpus, a single thread for fractional CPUs)"
     )
+
+    @model_validator(mode="after")
+    def _heaviest_request_fits(self) -> PortraitAppArgs:
+        if self.max_request_cost > self.max_cost_in_flight:
+            raise ValueError(
+                f"max_request_cost ({self.max_request_cost:g}) is over max_cost_in_flight "
+                f"({self.max_cost_in_flight:g}): the heaviest admissible request could never be admitted"
+            )
+        return self
 
     @field_validator("styles_dir")
     @classmethod

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.pipeline.models import Models, load_models
 
@@ -61,6 +63,16 @@ def sample_face() -> bytes:
     return sample_face()
 
 
+def metric_total(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels (over replicas, say), as Ray's endpoint serves it now."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(metrics_url).text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -87,6 +99,9 @@ def app_args(live_styles_dir: Path) -> dict:
         "max_lora_rank": 16,
         "max_image_bytes": 2 * 1024 * 1024,
         "max_in_flight": 8,
+        # Cost units (serve_app.admission): the heaviest admissible request runs a few seconds here.
+        "max_request_cost": 20,
+        "max_cost_in_flight": 160,
         "max_batch_size": 8,
         "request_timeout_s": 240,
         "torch_threads": 1,  # as configs/serve.local.yaml: 2 cores shared by six replicas (no OpenMP oversubscription)

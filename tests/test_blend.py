@@ -86,7 +86,7 @@ def test_batched_step_equals_separate_stock_calls(models, plan):
     with torch.inference_mode():
         for index in range(len(plan.seeds)):
             latent = latents[index : index + 1]
-            single = conditioning.candidates(index, index + 1)
+            single = conditioning.candidates(slice(index, index + 1))
             free = stock_cfg_noise(reference, latent, timestep, single, ip_scale=0.0)
             identity = stock_cfg_noise(reference, latent, timestep, single, ip_scale=1.0)
             assert_tensors_close(batched[0, index : index + 1], free)
@@ -189,3 +189,35 @@ def test_the_naive_two_call_blend_gives_the_batched_blends_latents(models, plan)
     assert_tensors_close(naive, batched)
     inverted = blend_latents(pipe, plan, layout, 1 - layout.masks, noise_branch_by_branch)
     assert (inverted - batched).abs().max() > 0.1
+
+
+def test_a_request_that_leaves_the_batch_leaves_its_neighbours_as_they_were(models, plan):
+    """Cancellation: a request's candidates leave a layout run and a blend run between steps (``keep``); the
+    request that stays gets the layout and the images it gets alone, and the batch shrinks to its rows."""
+    from serve_app.pipeline.blend import BlendRun
+    from serve_app.pipeline.layout import LayoutRun, generate_layout
+    from serve_app.pipeline.masks import prior_ellipse
+
+    pipe = models.diffusion
+    leaving = SamplingPlan(**{**plan.__dict__, "prompt": "film noir portrait of a person", "seeds": (99, 100)})
+    prior = prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26))
+    alone = generate_layout(pipe, models.faces, plan, prior)
+
+    layout_run = LayoutRun(pipe, [leaving, plan])
+    layout_run.step()
+    layout_run.keep([1])
+    assert layout_run.latents.shape[0] == len(plan.seeds) and layout_run.plans == [plan]
+    while layout_run.done < layout_run.total:
+        layout_run.step()
+    [layout] = layout_run.layouts(models.faces, [prior])
+    # Six candidates in the first step's batch against four: different kernels, the tolerance of tests/numerics.py.
+    assert_tensors_close(layout.latents, alone.latents)
+
+    blend_run = BlendRun(pipe, [plan, leaving], [alone.latents, alone.latents[:2]], [alone.masks, alone.masks[:2]])
+    blend_run.step()
+    blend_run.keep([0])
+    assert blend_run.masks.shape[0] == blend_run.weights.shape[0] == len(plan.seeds)
+    while blend_run.done < blend_run.total:
+        blend_run.step()
+    [images] = blend_run.images()
+    assert_images_close(images, blend_sample(pipe, plan, alone.latents, alone.masks))

@@ -84,7 +84,7 @@ def test_the_dashboard_has_a_panel_for_every_portrait_metric_beside_serves_own()
     dashboard = json.loads((REPO / "deploy" / "grafana" / "portrait-studio.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     names = metric_names()
-    assert len(names) == 5
+    assert len(names) == 7
     for name in names:  # as Prometheus sees it: ray_ prefix, a counter's _total, a histogram's series
         assert any(re.search(rf"\bray_{name}(_total|_bucket|_sum|_count)?\b", query) for query in queries), name
     serve_metrics = {"ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_bucket",

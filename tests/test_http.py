@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import skimage.data
-from conftest import png_bytes
+from conftest import metric_total, png_bytes
 from PIL import Image
 
 from serve_app.pipeline.stages import STAGES
@@ -193,17 +193,6 @@ def test_overload_is_503_with_retry_after_and_nothing_is_lost(serve_url, sample_
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.json()["error"]["code"] == "overloaded" and refused.headers["retry-after"]
     assert post_multipart(serve_url, sample_face, style="film-noir", **SMALL).status_code == 200
-
-
-def metric_total(metrics_url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(metrics_url).text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def test_returned_images_are_counted_by_outcome(serve_url, metrics_url, sample_face):

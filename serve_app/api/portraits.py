@@ -107,13 +107,16 @@ async def create_portrait(
     job = PortraitJob(
         request_id, style.versioned_id, portrait_request(body.options, style.manifest, seed), body.options.return_masks
     )
-    logger.info("portrait %s: style %s, %d bytes, N=%d K=%d", request_id, job.style, len(body.image),
-                body.options.num_candidates, body.options.top_k)
+    cost = admission.cost(job.request)
+    logger.info("portrait %s: style %s, %d bytes, N=%d K=%d, cost %.1f", request_id, job.style, len(body.image),
+                body.options.num_candidates, body.options.top_k, cost)
     # 3. Run the stage graph, streaming its progress when asked to
     if "text/event-stream" in request.headers.get("accept", ""):
-        admission.check()  # an overloaded stream request gets a 503 too, before the stream starts
-        return StreamingResponse(event_stream(graph, admission, job, body.image), media_type="text/event-stream")
-    with admission.admitted():
+        admission.check(cost)  # an overloaded stream request gets a 503 too, before the stream starts
+        return StreamingResponse(
+            event_stream(graph, admission, job, cost, body.image), media_type="text/event-stream"
+        )
+    with admission.admitted(cost):
         return portrait_response(job, await graph.generate(job, body.image))
 
 
@@ -198,7 +201,9 @@ def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def event_stream(graph: StageGraph, admission: Admission, job: PortraitJob, image: bytes) -> AsyncIterator[str]:
+async def event_stream(
+    graph: StageGraph, admission: Admission, job: PortraitJob, cost: float, image: bytes
+) -> AsyncIterator[str]:
     """Progress events, then ``result`` or ``error``: once the headers are sent, errors go in-band."""
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -207,7 +212,7 @@ async def event_stream(graph: StageGraph, admission: Admission, job: PortraitJob
 
     async def produce() -> None:
         try:
-            with admission.admitted():
+            with admission.admitted(cost):
                 result = await graph.generate(job, image, emit)
             await emit("result", portrait_response(job, result).model_dump())
         except Exception as exception:

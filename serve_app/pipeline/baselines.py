@@ -14,16 +14,14 @@ from diffusers import StableDiffusionPipeline
 
 from serve_app.pipeline.blend import BlendRun, BranchNoise
 from serve_app.pipeline.faces import FaceAnalyzer
-from serve_app.pipeline.layout import Layout, denoise, generate_layout
+from serve_app.pipeline.layout import Layout, LayoutRun, generate_layout
 from serve_app.pipeline.masks import Ellipse
 from serve_app.pipeline.sampling import (
     IDENTITY,
     IDENTITY_FREE,
     Conditioning,
     SamplingPlan,
-    encode_conditioning,
     guided_noise,
-    make_scheduler,
 )
 
 # Where a soft mask counts as outside the face region (M ≈ 0) and inside it (M ≈ 1).
@@ -33,8 +31,10 @@ OUTSIDE, INSIDE = 0.01, 0.99
 @torch.inference_mode()
 def sample_constant_identity(pipe: StableDiffusionPipeline, plan: SamplingPlan, identity_gate: float) -> torch.Tensor:
     """The final latents [N, C, h, w] with one identity gate in every step: 1 plain IP-Adapter, 0 the prompt alone."""
-    scheduler = make_scheduler(pipe, plan.steps)
-    return denoise(pipe, scheduler, encode_conditioning(pipe, [plan]), [plan], plan.steps, identity_gate)
+    run = LayoutRun(pipe, [plan], plan.steps, identity_gate)
+    while run.done < run.total:
+        run.step()
+    return run.latents
 
 
 def noise_branch_by_branch(

@@ -19,6 +19,7 @@ from diffusers import StableDiffusionPipeline
 from serve_app.pipeline.sampling import (
     IDENTITY,
     IDENTITY_FREE,
+    BatchedRun,
     Conditioning,
     SamplingPlan,
     StepCallback,
@@ -69,10 +70,10 @@ def blend_step(
     return fuse_branches(free, identity, masks, identity_weight)
 
 
-class BlendRun:
-    """The blend sampling of several requests that share a schedule, one step per ``step()`` call, so a caller
-    can report progress or interleave work between steps. ``branch_noise`` predicts the branches' noise (the
-    baselines' naive blend calls the UNet once per branch)."""
+class BlendRun(BatchedRun):
+    """The blend sampling of several requests that share a schedule, one step per ``step()`` call (see
+    ``BatchedRun``). ``branch_noise`` predicts the branches' noise (the baselines' naive blend calls the UNet once
+    per branch)."""
 
     @torch.inference_mode()
     def __init__(
@@ -94,10 +95,6 @@ class BlendRun:
         self.timesteps = self.scheduler.timesteps[schedule.layout_steps :]
         self.done = 0
 
-    @property
-    def total(self) -> int:
-        return len(self.timesteps)
-
     @torch.inference_mode()
     def step(self) -> int:
         """3. Run the next step (both branches, fused); returns how many steps are done."""
@@ -114,6 +111,12 @@ class BlendRun:
         )
         self.done += 1
         return self.done
+
+    @torch.inference_mode()
+    def keep(self, positions: Sequence[int]) -> torch.Tensor:
+        rows = super().keep(positions)
+        self.masks, self.weights = self.masks[rows], self.weights[rows]
+        return rows
 
     def images(self) -> list[list[np.ndarray]]:
         """4. Decode every candidate; one list of RGB images per plan."""

@@ -21,6 +21,7 @@ from serve_app.pipeline.masks import Ellipse, face_ellipse, soft_ellipse_mask, t
 from serve_app.pipeline.sampling import (
     IDENTITY,
     IDENTITY_FREE,
+    BatchedRun,
     Conditioning,
     SamplingPlan,
     StepCallback,
@@ -63,7 +64,54 @@ def face_region_mask(
     return to_latent_resolution(soft_ellipse_mask(preview.shape[0], ellipse), latent_side), source
 
 
-@torch.inference_mode()
+class LayoutRun(BatchedRun):
+    """The layout of several requests that share a schedule, one prompt-only step per ``step()`` call (see
+    ``BatchedRun``); ``layouts()`` once every step is done. With ``steps`` and ``identity_gate`` given, the first
+    ``steps`` steps of the schedule with one identity gate everywhere: a baseline's run (see ``baselines``)."""
+
+    @torch.inference_mode()
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        plans: Sequence[SamplingPlan],
+        steps: int | None = None,
+        identity_gate: float = IDENTITY_FREE,
+    ) -> None:
+        schedule = shared_schedule(plans)
+        self.pipe, self.plans, self.identity_gate = pipe, list(plans), identity_gate
+        self.conditioning = encode_conditioning(pipe, plans)
+        self.scheduler = make_scheduler(pipe, schedule.steps)
+        self.timesteps = self.scheduler.timesteps[: schedule.layout_steps if steps is None else steps]
+        self.latents = torch.cat([initial_latents(pipe, p.seeds, p.size) for p in plans]) * self.scheduler.init_noise_sigma
+        self.done = 0
+
+    @torch.inference_mode()
+    def step(self) -> int:
+        """1. Denoise the candidates one step, prompt-only (0: the identity attention skipped); returns how many
+        steps are done."""
+        timestep = self.timesteps[self.done]
+        model_input = self.scheduler.scale_model_input(self.latents, timestep)
+        noise = guided_noise(self.pipe, model_input, timestep, self.conditioning, branch_gates=(self.identity_gate,))
+        self.latents = self.scheduler.step(noise[0], timestep, self.latents).prev_sample
+        self.done += 1
+        return self.done
+
+    @torch.inference_mode()
+    def layouts(self, faces: FaceAnalyzer, priors: Sequence[Ellipse]) -> list[Layout]:
+        """Once at t1, every plan's layout; ``priors`` holds each plan's fallback ellipse."""
+        # 2. At t1, predict the noise with identity and take the one-step estimate x̂0
+        t1 = self.scheduler.timesteps[self.total]
+        estimate = identity_estimate(self.pipe, self.scheduler, self.latents, t1, self.conditioning)
+        # 3. Decode x̂0 and turn each candidate's face into its soft mask (4. the prior ellipse where it has none)
+        previews = decode_latents(self.pipe, estimate)
+        return [
+            plan_layout(faces, prior, plan_latents, plan_previews)
+            for prior, plan_latents, plan_previews in zip(
+                priors, split_per_plan(self.latents, self.plans), split_per_plan(previews, self.plans)
+            )
+        ]
+
+
 def generate_layouts(
     pipe: StableDiffusionPipeline,
     faces: FaceAnalyzer,
@@ -72,43 +120,12 @@ def generate_layouts(
     on_step: StepCallback | None = None,
 ) -> list[Layout]:
     """Layouts for several requests sharing a schedule, their candidates in one UNet batch."""
-    # 1. Denoise the candidates prompt-only from T to t1
-    schedule = shared_schedule(plans)
-    conditioning = encode_conditioning(pipe, plans)
-    scheduler = make_scheduler(pipe, schedule.steps)
-    latents = denoise(pipe, scheduler, conditioning, plans, schedule.layout_steps, on_step=on_step)
-    # 2. At t1, predict the noise with identity and take the one-step estimate x̂0
-    t1 = scheduler.timesteps[schedule.layout_steps]
-    estimate = identity_estimate(pipe, scheduler, latents, t1, conditioning)
-    # 3. Decode x̂0 and turn each candidate's face into its soft mask (4. the prior ellipse where it has none)
-    previews = decode_latents(pipe, estimate)
-    return [
-        plan_layout(faces, prior, plan_latents, plan_previews)
-        for prior, plan_latents, plan_previews in zip(
-            priors, split_per_plan(latents, plans), split_per_plan(previews, plans)
-        )
-    ]
-
-
-def denoise(
-    pipe: StableDiffusionPipeline,
-    scheduler,
-    conditioning: Conditioning,
-    plans: Sequence[SamplingPlan],
-    steps: int,
-    identity_gate: float = IDENTITY_FREE,
-    on_step: StepCallback | None = None,
-) -> torch.Tensor:
-    """Every candidate's seeded noise denoised for the first ``steps`` steps with one identity gate everywhere:
-    the layout's prompt-only steps (0: the identity attention skipped), or a baseline's (see ``baselines``)."""
-    latents = torch.cat([initial_latents(pipe, plan.seeds, plan.size) for plan in plans]) * scheduler.init_noise_sigma
-    for index, timestep in enumerate(scheduler.timesteps[:steps]):
-        model_input = scheduler.scale_model_input(latents, timestep)
-        noise = guided_noise(pipe, model_input, timestep, conditioning, branch_gates=(identity_gate,))[0]
-        latents = scheduler.step(noise, timestep, latents).prev_sample
+    run = LayoutRun(pipe, plans)
+    while run.done < run.total:
+        done = run.step()
         if on_step is not None:
-            on_step(index + 1, steps)
-    return latents
+            on_step(done, run.total)
+    return run.layouts(faces, priors)
 
 
 def identity_estimate(

@@ -75,9 +75,9 @@ class Conditioning:
     identity: torch.Tensor
     guidance: torch.Tensor
 
-    def candidates(self, start: int, stop: int) -> Conditioning:
-        """The conditioning of candidates ``start:stop``."""
-        return Conditioning(*(tensor[start:stop] for tensor in vars(self).values()))
+    def candidates(self, rows: slice | torch.Tensor) -> Conditioning:
+        """The conditioning of the candidates in ``rows`` (a slice, or a tensor of row indices)."""
+        return Conditioning(*(tensor[rows] for tensor in vars(self).values()))
 
 
 def make_scheduler(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
@@ -151,7 +151,40 @@ def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> list
     return [image.permute(1, 2, 0).cpu().numpy() for image in images]
 
 
+def plan_bounds(plans: Sequence[SamplingPlan]) -> list[tuple[int, int]]:
+    """Each plan's candidate rows in a batch of ``plans``, as (start, stop)."""
+    bounds = np.cumsum([0] + [len(plan.seeds) for plan in plans]).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def split_per_plan(items: Sequence, plans: Sequence[SamplingPlan]) -> list[list]:
     """Cut a per-candidate sequence back into one list per plan."""
-    bounds = np.cumsum([0] + [len(plan.seeds) for plan in plans])
-    return [list(items[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
+    return [list(items[start:stop]) for start, stop in plan_bounds(plans)]
+
+
+class BatchedRun:
+    """The candidates of several plans that share a schedule, denoised one step per ``step()`` call, so that a
+    caller can report progress, interleave other work, or let plans leave the batch (``keep``) between steps.
+    A candidate's rows depend on its own seed and conditioning only, so the plans kept go on as they would have
+    without the others (within the numerics of a smaller batch)."""
+
+    plans: list[SamplingPlan]
+    latents: torch.Tensor
+    conditioning: Conditioning
+    timesteps: torch.Tensor
+    done: int
+
+    @property
+    def total(self) -> int:
+        return len(self.timesteps)
+
+    @torch.inference_mode()
+    def keep(self, positions: Sequence[int]) -> torch.Tensor:
+        """Go on with the plans at ``positions`` (indices into ``plans``) only; the others' candidates leave the
+        batch. Returns the candidate rows kept, for a subclass's own per-candidate tensors."""
+        bounds = plan_bounds(self.plans)
+        rows = torch.tensor([row for p in positions for row in range(*bounds[p])], dtype=torch.long)
+        self.plans = [self.plans[p] for p in positions]
+        self.latents = self.latents[rows.to(self.latents.device)]
+        self.conditioning = self.conditioning.candidates(rows.to(self.latents.device))
+        return rows.to(self.latents.device)
