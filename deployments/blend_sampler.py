@@ -10,8 +10,8 @@ from typing import Any
 
 from ray import serve
 
-from deployments.layout_generator import PlannedLayout
 from deployments.callers import Caller, CallersRun, waiting_caller, waiting_members
+from deployments.layout_generator import PlannedLayout
 from deployments.logs import log_documented_errors_once
 from deployments.metrics import StageMetrics
 from deployments.options import stage_options

@@ -78,12 +78,16 @@ class LayoutGenerator:
         with stopwatch(timings, Stage.LAYOUT):
             async with self.styles.activated() as hit:
                 plans = [make_plan(job.request, reference) for reference, job, _ in requests]
-                priors = [face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job, _) in zip(plans, requests)]
+                priors = [
+                    face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job, _) in zip(plans, requests)
+                ]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):
                     if not (members := waiting_members(group, callers)):
                         continue
-                    run = CallersRun(await self.compute.run(LayoutRun, self.pipe, [plans[i] for i in members]), members, callers)
+                    run = CallersRun(
+                        await self.compute.run(LayoutRun, self.pipe, [plans[i] for i in members]), members, callers
+                    )
                     async for _ in run.steps(self.compute, self.metrics):
                         pass
                     if run.members:

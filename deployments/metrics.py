@@ -1,6 +1,6 @@
 """Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, denoising
-steps run, requests and their estimated work in flight at the ingress, LoRA cache hits and misses, and returned portraits by outcome
-(accepted or why rejected, ``unsafe_content`` among them)."""
+steps run, requests and their estimated work in flight at the ingress, LoRA cache hits and misses, and returned
+portraits by outcome (accepted or why rejected, ``unsafe_content`` among them)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The serving side's documented errors — overload, a request over the cost ceiling, timeout, a stage restarting, admin access, bodies that are
-not a portrait request — and how a Ray or Serve exception maps to one."""
+"""The serving side's documented errors — overload, a request over the cost ceiling, timeout, a stage restarting,
+admin access, bodies that are not a portrait request — and how a Ray or Serve exception maps to one."""
 
 from __future__ import annotations
 

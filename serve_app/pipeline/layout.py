@@ -82,7 +82,8 @@ class LayoutRun(BatchedRun):
         self.conditioning = encode_conditioning(pipe, plans)
         self.scheduler = make_scheduler(pipe, schedule.steps)
         self.timesteps = self.scheduler.timesteps[: schedule.layout_steps if steps is None else steps]
-        self.latents = torch.cat([initial_latents(pipe, p.seeds, p.size) for p in plans]) * self.scheduler.init_noise_sigma
+        noise = torch.cat([initial_latents(pipe, plan.seeds, plan.size) for plan in plans])
+        self.latents = noise * self.scheduler.init_noise_sigma
         self.done = 0
 
     @torch.inference_mode()
