@@ -1,4 +1,5 @@
-"""Work nobody waits for stops, and no single request can take the machine — through real HTTP.
+"""Work nobody waits for stops, and no single request can take the machine: through real HTTP, and through the stage
+handles where HTTP cannot place a request (a batch neighbour, a cancel on purpose).
 
 - Clients that give up on heavy requests (a synchronous call closed, an event stream closed mid-blend, a request
   answered 408 past its timeout) and a request cancelled on purpose (the stage graph's task cancelled, as the job
@@ -19,13 +20,12 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 from conftest import metric_total
 from numerics import assert_images_close
-from reliability_kit import APP, FAST, STAGES, Answer, post_portrait
+from reliability_kit import APP, FAST, STAGES, Answer, concurrently, post_portrait
 
 from serve_app.admission import request_cost
 from serve_app.portrait_request import portrait_request
@@ -120,16 +120,6 @@ def time_out(url: str, face: bytes) -> str:
     return f"{answer.status} {answer.code or ''}".strip()
 
 
-def together(count: int, give_up: Callable[[], str]) -> list[str]:
-    outcomes: list[str] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(give_up())) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sorted(outcomes)
-
-
 @pytest.mark.parametrize(
     ("give_up", "outcome"),
     [(hang_up_sync, "hung up"), (hang_up_mid_blend, "hung up"), (time_out, "408")],
@@ -139,7 +129,7 @@ def test_work_stops_when_its_clients_give_up_and_the_next_client_waits_for_nothi
     serve_url, metrics_url, sample_face, idle_s, give_up, outcome, capsys
 ):
     before = settled_steps(metrics_url)
-    outcomes = together(CLIENTS, lambda: give_up(serve_url, sample_face))
+    outcomes = sorted(got for got, _ in concurrently([lambda: give_up(serve_url, sample_face)] * CLIENTS, CLIENTS))
     next_s = ordinary_s(serve_url, sample_face)
     steps = steps_since(before, metrics_url)
     report(capsys, gave_up={"how": give_up.__name__, "clients": outcomes, "next_s": round(next_s, 2),
