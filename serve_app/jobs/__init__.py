@@ -1,0 +1,1 @@
+"""Asynchronous portrait jobs: their records and the stores that keep them."""
