@@ -70,15 +70,19 @@ class Admission:
             )
         return cost
 
+    def has_room(self, cost: float = 0.0) -> bool:
+        return self.in_flight < self.max_in_flight and self.cost_in_flight + cost <= self.max_cost_in_flight
+
     def check(self, cost: float = 0.0) -> None:
         """Refuse now if no room is left for a request of ``cost`` (before a stream's headers go out)."""
+        if self.has_room(cost):
+            return
         if self.in_flight >= self.max_in_flight:
             raise OverloadedError(f"{self.in_flight} requests are in progress; retry shortly")
-        if self.cost_in_flight + cost > self.max_cost_in_flight:
-            raise OverloadedError(
-                f"the requests in progress use {self.cost_in_flight:.0f} of {self.max_cost_in_flight:g} units of "
-                f"work; this one needs {cost:.0f}; retry shortly"
-            )
+        raise OverloadedError(
+            f"the requests in progress use {self.cost_in_flight:.0f} of {self.max_cost_in_flight:g} units of "
+            f"work; this one needs {cost:.0f}; retry shortly"
+        )
 
     @contextmanager
     def admitted(self, cost: float = 0.0) -> Iterator[None]:

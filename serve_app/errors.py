@@ -49,6 +49,47 @@ class OverloadedError(PortraitError):
     retry_after_s = 2
 
 
+class JobQueueFullError(PortraitError):
+    """``max_queued_jobs`` jobs are waiting: submit again later."""
+
+    code = "queue_full"
+    http_status = 503
+    retry_after_s = 5
+
+
+class JobNotFoundError(PortraitError):
+    code = "job_not_found"
+    http_status = 404
+
+
+class JobExpiredError(PortraitError):
+    """The job finished longer ago than the service keeps jobs; it and its result are deleted."""
+
+    code = "job_expired"
+    http_status = 410
+
+
+class JobFinishedError(PortraitError):
+    """A cancel of a job that already finished."""
+
+    code = "job_finished"
+    http_status = 409
+
+
+class JobCanceledError(PortraitError):
+    """The job's outcome when it was canceled (its ``error``)."""
+
+    code = "job_canceled"
+    http_status = 409
+
+
+class IdempotencyKeyReusedError(PortraitError):
+    """An ``Idempotency-Key`` sent before with another body."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
 class StageUnavailableError(PortraitError):
     """A stage replica died or could not be reached while serving the request (Serve restarts it); the same
     request with the same seed can be retried and gives the same result."""

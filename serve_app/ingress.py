@@ -15,6 +15,8 @@ from serve_app.admission import Admission
 from serve_app.api.app import create_app
 from serve_app.api.dependencies import Services
 from serve_app.graph import StageGraph, StageHandles
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import open_job_store
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 
@@ -37,13 +39,16 @@ class PortraitIngress:
     ) -> None:
         log_documented_errors_once()
         handles = StageHandles(preprocessor, layout_generator, blend_sampler, fusion_ranker, upscaler)
+        catalog, graph = StyleCatalog(args.styles_dir), StageGraph(handles, args.request_timeout_s)
+        admission = Admission(args.max_in_flight, args.max_cost_in_flight, args.max_request_cost, InFlightGauges().set)
+        jobs = open_job_store(args.jobs_store)
         self.services = Services(
             settings=args,
-            catalog=StyleCatalog(args.styles_dir),
-            graph=StageGraph(handles, args.request_timeout_s),
-            admission=Admission(
-                args.max_in_flight, args.max_cost_in_flight, args.max_request_cost, InFlightGauges().set
-            ),
+            catalog=catalog,
+            graph=graph,
+            admission=admission,
+            jobs=jobs,
+            runner=JobRunner(jobs, graph, admission, catalog, args),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

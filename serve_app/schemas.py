@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import UploadFile
+from typing import Literal
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve_app.styles import STYLE_REF_PATTERN
@@ -161,3 +163,24 @@ class PublishedStyle(BaseModel):
     sha256: str
     lora_rank: int
     lora_tensors: int
+
+
+class JobProgress(BaseModel):
+    stage: str = Field(description="the stage running")
+    step: int | None = Field(None, description="the blend sampler's step done, while it runs")
+    total: int | None = Field(None, description="the blend sampler's steps")
+
+
+class JobResponse(BaseModel):
+    """An asynchronous portrait job (``POST /v1/jobs``)."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None = Field(description="when a replica first took the job")
+    finished_at: AwareDatetime | None
+    expires_at: AwareDatetime | None = Field(description="when the finished job and its result are deleted (410 after)")
+    queue_position: int | None = Field(description="while queued: 1 for the next job to run")
+    progress: JobProgress | None = Field(description="while running: the stage, and the sampler's step")
+    result: PortraitResponse | None = Field(description="when succeeded: what the synchronous call returns")
+    error: ErrorResponse | None = Field(description="when failed or canceled: what the synchronous call would answer")

@@ -28,6 +28,17 @@ class PortraitAppArgs(ModelSettings):
     max_request_cost: float = Field(
         1000.0, gt=0.0, description="estimated work of one request above which it is refused with 422, in cost units"
     )
+    jobs_store: str = Field(
+        "sqlite:///jobs/jobs.sqlite3",
+        description="where asynchronous jobs are kept: sqlite:///<file> (relative to the working dir: one machine) "
+        "or redis://host:port/db (several ingress replicas on several nodes)",
+    )
+    job_retention_s: float = Field(3600.0, gt=0.0, description="a finished job and its result are deleted after this")
+    max_queued_jobs: int = Field(1000, ge=1, description="queued jobs before submits are refused with 503 queue_full")
+    job_lease_s: float = Field(
+        30.0, ge=1.0, le=600.0, description="how long a job stays with an ingress replica that stops renewing it (it "
+        "died) before another takes it over"
+    )
     max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
     max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
     torch_threads: int | None = Field(
@@ -43,6 +54,13 @@ class PortraitAppArgs(ModelSettings):
                 f"({self.max_cost_in_flight:g}): the heaviest admissible request could never be admitted"
             )
         return self
+
+    @field_validator("jobs_store")
+    @classmethod
+    def _absolute_sqlite_file(cls, value: str) -> str:
+        # As styles_dir: replicas do not share the builder's working directory.
+        path = value.removeprefix("sqlite:///")
+        return value if path == value or path.startswith("/") else f"sqlite:///{Path(path).expanduser().resolve()}"
 
     @field_validator("styles_dir")
     @classmethod

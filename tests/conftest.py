@@ -121,10 +121,12 @@ def live_styles_dir(styles_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_args(live_styles_dir: Path) -> dict:
+def app_args(live_styles_dir: Path, tmp_path_factory) -> dict:
     return {
         "profile": "tiny",
         "styles_dir": str(live_styles_dir),
+        "jobs_store": f"sqlite:///{tmp_path_factory.mktemp('jobs') / 'jobs.sqlite3'}",
+        "job_lease_s": 5,
         "max_lora_bytes": 1024 * 1024,
         "max_lora_rank": 16,
         "max_image_bytes": 2 * 1024 * 1024,

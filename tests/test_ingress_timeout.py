@@ -97,9 +97,10 @@ def test_a_lora_check_over_the_timeout_is_408_and_cancelled():
     assert len(stages[1].calls) == 1 and stages[1].calls[0].cancelled
 
 
-def test_the_ingress_class_serves_its_app_over_any_handles(styles_dir):
+def test_the_ingress_class_serves_its_app_over_any_handles(styles_dir, tmp_path):
     stages = [StandInStage() for _ in range(5)]
-    ingress = PortraitIngress(*stages, PortraitAppArgs(styles_dir=str(styles_dir), request_timeout_s=0.2))
+    args = PortraitAppArgs(styles_dir=str(styles_dir), request_timeout_s=0.2, jobs_store=f"sqlite:///{tmp_path}/j.db")
+    ingress = PortraitIngress(*stages, args)
 
     async def answers() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=ingress.__serve_build_asgi_app__())

@@ -10,6 +10,7 @@ import base64
 import io
 import re
 import shutil
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -45,12 +46,16 @@ class LayoutStandIn(StandInStage):
             return LoraSummary(tensors=2, rank=4, targets=frozenset({"unet"}))
 
 
+JOBS = tempfile.TemporaryDirectory(prefix="jobs")
+
+
 class Ingress:
     """The ingress's app over stand-in stages, each request run to its answer (a stage call ends as a 408)."""
 
     def __init__(self, styles: Path | str, **args) -> None:
         stages = [StandInStage(), LayoutStandIn(), *(StandInStage() for _ in range(3))]
-        settings = PortraitAppArgs(styles_dir=str(styles), request_timeout_s=0.2, **args)
+        jobs_store = f"sqlite:///{JOBS.name}/jobs.sqlite3"
+        settings = PortraitAppArgs(styles_dir=str(styles), request_timeout_s=0.2, jobs_store=jobs_store, **args)
         self.app = PortraitIngress(*stages, settings).__serve_build_asgi_app__()
 
     def request(self, method: str, url: str, **kwargs) -> httpx.Response:

@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from deployments.stream import PortraitJob
 from serve_app.api.dependencies import Admitting, Catalog, Graph, Settings, require_admin
 from serve_app.api.errors import documented, field_errors, refuse
-from serve_app.api.portraits import portrait_response, request_id_for
+from serve_app.api.portraits import request_id_for
+from serve_app.portrait_response import portrait_response
 from serve_app.pipeline.errors import InvalidStyleError, PortraitError
 from serve_app.portrait_request import portrait_request
 from serve_app.sample import sample_face

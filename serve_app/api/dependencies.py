@@ -1,5 +1,5 @@
 """What the routes depend on, as FastAPI dependencies: the services of the ingress replica that serves the request
-(settings, style catalogue, stage graph, admission) and the admin token check."""
+(settings, style catalogue, stage graph, admission, job store) and the admin token check."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from fastapi import Depends, Request
 from serve_app.admission import Admission
 from serve_app.errors import AdminDisabledError, ForbiddenError, UnauthorizedError
 from serve_app.graph import StageGraph
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import JobStore
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 
@@ -25,6 +27,9 @@ class Services:
     catalog: StyleCatalog
     graph: StageGraph
     admission: Admission
+    jobs: JobStore
+    runner: JobRunner
+    """Takes this replica's share of the queued jobs while the app runs (``create_app``'s lifespan)."""
 
 
 def services(request: Request) -> Services:
@@ -48,6 +53,10 @@ def admission(request: Request) -> Admission:
     return services(request).admission
 
 
+def jobs(request: Request) -> JobStore:
+    return services(request).jobs
+
+
 def require_admin(request: Request) -> None:
     """The bearer token of ``STUDIO_ADMIN_TOKEN``, compared in constant time; without it admin is off (404)."""
     expected = os.environ.get(ADMIN_TOKEN_ENV, "")
@@ -64,3 +73,4 @@ Settings = Annotated[PortraitAppArgs, Depends(settings)]
 Catalog = Annotated[StyleCatalog, Depends(catalog)]
 Graph = Annotated[StageGraph, Depends(graph)]
 Admitting = Annotated[Admission, Depends(admission)]
+Jobs = Annotated[JobStore, Depends(jobs)]

@@ -1,59 +1,35 @@
 """``POST /v1/portraits``: K portraits of the face in an image, in a style — as JSON, or as a Server-Sent Events
-stream of progress then the result (``Accept: text/event-stream``).
-
-The body is multipart (``PortraitForm``: the options as fields, the image as a file) or JSON
-(``PortraitJSONRequest``: the image as base64). FastAPI declares one body type per route, so the route reads the
-body itself by its content type and validates it with those models; the OpenAPI request body is their schemas.
+stream of progress then the result (``Accept: text/event-stream``), or queued as a job (``Prefer:
+respond-async``). The body is read by ``serve_app.api.portrait_input``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartParser
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from deployments.stream import PortraitJob
 from serve_app.admission import Admission
-from serve_app.api.dependencies import Admitting, Catalog, Graph, Settings
-from serve_app.api.errors import documented, invalid_parameters, log_refusal
-from serve_app.errors import InternalError, MalformedBodyError, UnsupportedMediaTypeError, documented_error
-from serve_app.graph import GraphResult, StageGraph
-from serve_app.pipeline.errors import ImageTooLargeError, InvalidImageError, InvalidParameterError
+from serve_app.api.dependencies import Admitting, Catalog, Graph, Jobs, Settings
+from serve_app.api.errors import documented, log_refusal
+from serve_app.api.jobs import JOB_CREATED, submit_job
+from serve_app.api.portrait_input import REQUEST_BODY, read_portrait_input
+from serve_app.errors import InternalError, documented_error
+from serve_app.graph import StageGraph
 from serve_app.pipeline.stages import STAGES
 from serve_app.portrait_request import portrait_request, resolve_seed
-from serve_app.schemas import GeneratedPortrait, PortraitForm, PortraitJSONRequest, PortraitOptions, PortraitResponse
+from serve_app.portrait_response import portrait_response
+from serve_app.schemas import PortraitResponse
 
 logger = logging.getLogger("ray.serve")
 
-# Uploads stay in memory (never spooled to a temporary file on disk): user images are not written anywhere.
-MultiPartParser.spool_max_size = 128 * 1024 * 1024
-BASE64_OVERHEAD = 4 / 3
-ENVELOPE_BYTES = 64 * 1024
-
 router = APIRouter(prefix="/v1", tags=["portraits"])
-
-REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": PortraitForm.model_json_schema()},
-        "application/json": {"schema": PortraitJSONRequest.model_json_schema()},
-    },
-}
-Body = TypeVar("Body", PortraitForm, PortraitJSONRequest)
-
 
 def sse_event(name: str, data: dict) -> dict:
     """One Server-Sent Event: its name and its data, a JSON document of schema ``data``."""
@@ -82,24 +58,20 @@ STREAM_EVENT = {
 STREAM = {"text/event-stream": {"schema": STREAM_EVENT}}
 
 
-@dataclass(frozen=True)
-class PortraitInput:
-    image: bytes
-    options: PortraitOptions  # a PortraitForm or PortraitJSONRequest, read as its options
-
-
 @router.post(
     "/portraits",
     response_model=PortraitResponse,
-    responses={200: {"content": STREAM}, **documented(400, 404, 408, 409, 410, 413, 415, 422, 503)},
+    responses={200: {"content": STREAM}, 202: JOB_CREATED, **documented(400, 404, 408, 409, 410, 413, 415, 422, 503)},
     openapi_extra={"requestBody": REQUEST_BODY},
-    summary="Generate K portraits of the face in an image, in a style",
+    summary="Generate K portraits of the face in an image, in a style (Prefer: respond-async queues a job)",
 )
 async def create_portrait(
-    request: Request, settings: Settings, catalog: Catalog, graph: Graph, admission: Admitting
-) -> PortraitResponse | StreamingResponse:
+    request: Request, settings: Settings, catalog: Catalog, graph: Graph, admission: Admitting, jobs: Jobs
+) -> PortraitResponse | StreamingResponse | JSONResponse:
     # 1. Read and check the body: the image and the options
     body = await read_portrait_input(request, settings.max_image_bytes)
+    if "respond-async" in request.headers.get("prefer", ""):  # RFC 7240: the same request as a job
+        return await submit_job(request, body, settings, catalog, jobs, admission)
     # 2. Resolve the style and the seed into the pipeline's request
     style = catalog.get(body.options.style)
     request_id = request_id_for(request)
@@ -124,77 +96,6 @@ def request_id_for(request: Request) -> str:
     """Serve's proxy assigns (or keeps the client's) x-request-id and echoes it as the X-Request-ID header."""
     request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     return request.state.request_id
-
-
-def portrait_response(job: PortraitJob, result: GraphResult) -> PortraitResponse:
-    return PortraitResponse(
-        request_id=job.request_id,
-        style=job.style,
-        seed=job.request.seeds[0],
-        images=[
-            GeneratedPortrait(
-                image_base64=base64_text(p.png),
-                layout_mask_base64=None if p.mask_png is None else base64_text(p.mask_png),
-                **p.info.model_dump(),
-            )
-            for p in result.portraits
-        ],
-        timings=result.timings,
-        lora_cache=result.lora_cache,
-    )
-
-
-def base64_text(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-async def read_portrait_input(request: Request, max_image_bytes: int) -> PortraitInput:
-    """The image and the options of a multipart or JSON portrait request, size-checked before reading."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_image_bytes * BASE64_OVERHEAD + ENVELOPE_BYTES:
-        raise ImageTooLargeError(f"request body is {declared} bytes; images are limited to {max_image_bytes} bytes")
-    if media_type == "multipart/form-data":
-        body = await read_form(request)
-        image = await body.image.read()
-    elif media_type == "application/json":
-        body = await read_json(request)
-        try:
-            image = base64.b64decode(body.image_base64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidImageError("image_base64 is not valid base64") from None
-    else:
-        raise UnsupportedMediaTypeError("send multipart/form-data (field 'image') or application/json (image_base64)")
-    if len(image) > max_image_bytes:
-        raise ImageTooLargeError(f"image is {len(image)} bytes; the limit is {max_image_bytes} bytes")
-    return PortraitInput(image, body)
-
-
-async def read_form(request: Request) -> PortraitForm:
-    try:
-        form = await request.form(max_files=1, max_fields=16)
-    except StarletteHTTPException as error:  # what Starlette makes of a multipart parse error
-        raise MalformedBodyError(f"the multipart body cannot be parsed: {error.detail}") from None
-    if not isinstance(form.get("image"), UploadFile):
-        raise InvalidParameterError(
-            "multipart requests need the image as a file field named 'image'", {"image": "choose an image file"}
-        )
-    return validated(PortraitForm, dict(form.multi_items()))
-
-
-async def read_json(request: Request) -> PortraitJSONRequest:
-    try:
-        fields = json.loads(await request.body())
-    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, or nested too deep to parse
-        raise InvalidParameterError(f"the body is not valid UTF-8 JSON: {error}") from None
-    return validated(PortraitJSONRequest, fields)
-
-
-def validated(model: type[Body], fields: object) -> Body:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as error:
-        raise invalid_parameters(error.errors()) from None
 
 
 def sse(event: str, data: dict) -> str:

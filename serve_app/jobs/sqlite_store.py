@@ -91,6 +91,7 @@ class SQLiteJobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA secure_delete=ON")  # deleted images and results are overwritten, not left
         self._connection.executescript(SCHEMA)
         self._lock = threading.Lock()
 

@@ -42,11 +42,12 @@ AUTOSCALING = {
 }
 
 
-def local_config_with_autoscaled_stage(styles_dir: Path) -> ServeDeploySchema:
+def local_config_with_autoscaled_stage(folder: Path) -> ServeDeploySchema:
+    """The local config's application with its styles and jobs in ``folder``."""
     config = yaml.safe_load((REPO / "configs" / "serve.local.yaml").read_text())
     (application,) = config["applications"]
     application.update(name=APP, route_prefix=PREFIX)
-    application["args"]["styles_dir"] = str(styles_dir)
+    application["args"].update(styles_dir=str(folder / "styles"), jobs_store=f"sqlite:///{folder / 'jobs.sqlite3'}")
     for entry in application["deployments"]:
         if entry["name"] == STAGE:
             entry["autoscaling_config"] = AUTOSCALING
@@ -69,7 +70,7 @@ def app_running() -> bool:
 @pytest.fixture
 def autoscaled_url(serve_url: str, styles_dir: Path, tmp_path: Path) -> Iterator[str]:
     shutil.copytree(styles_dir, tmp_path / "styles")
-    _get_global_client().deploy_apps(local_config_with_autoscaled_stage(tmp_path / "styles"))
+    _get_global_client().deploy_apps(local_config_with_autoscaled_stage(tmp_path))
     try:
         wait_until(app_running, 240)
         yield f"{serve_url}{PREFIX}"

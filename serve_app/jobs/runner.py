@@ -1,0 +1,158 @@
+"""The ingress replica's job runner: it takes queued jobs (oldest first) while admission has room, runs each
+through the same stage graph, admission and retry as a synchronous request, holds the job's lease while it runs,
+records its events and outcome, and cancels its stage calls when the job is canceled. A replica that dies stops
+renewing its leases; another takes its jobs over (the seed is fixed, so the result is the same)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+
+from deployments.stream import PortraitJob
+from serve_app.admission import Admission
+from serve_app.errors import InternalError, JobCanceledError, documented_error
+from serve_app.graph import StageGraph
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.store import JobStore
+from serve_app.portrait_request import portrait_request
+from serve_app.portrait_response import portrait_response
+from serve_app.schemas import PortraitOptions
+from serve_app.settings import PortraitAppArgs
+from serve_app.styles import StyleCatalog
+
+logger = logging.getLogger("ray.serve")
+
+POLL_S = 0.25
+PURGE_EVERY_S = 60.0
+TOMBSTONE_S = 7 * 24 * 3600.0
+"""How long the id of a job past its retention answers 410 ``job_expired`` (then 404)."""
+FINAL_EVENTS = ("result", "error")
+
+
+def options_document(options: PortraitOptions) -> dict:
+    """The options as sent, JSON-ready (a multipart form's image left out)."""
+    return options.model_dump(mode="json", include=set(PortraitOptions.model_fields))
+
+
+def job_request(options: PortraitOptions, versioned_style: str, seed: int) -> dict:
+    """What a job record keeps of its request: the options as sent, the style version and the seed resolved."""
+    return {"options": options_document(options), "style": versioned_style, "seed": seed}
+
+
+def fingerprint(options: PortraitOptions, image: bytes) -> str:
+    """Of a submitted body, for ``Idempotency-Key``: the options as sent and the image's bytes."""
+    digest = hashlib.sha256(json.dumps(options_document(options), sort_keys=True).encode())
+    digest.update(hashlib.sha256(image).digest())
+    return digest.hexdigest()
+
+
+class JobRunner:
+    def __init__(
+        self, store: JobStore, graph: StageGraph, admission: Admission, catalog: StyleCatalog, args: PortraitAppArgs
+    ) -> None:
+        self.store, self.graph, self.admission, self.catalog, self.args = store, graph, admission, catalog, args
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._running: set[asyncio.Task] = set()
+
+    async def run_forever(self) -> None:
+        """Take jobs while there is room, purge expired ones now and then; until cancelled."""
+        purged_at = 0.0
+        while True:
+            try:
+                if time.time() - purged_at > PURGE_EVERY_S:
+                    purged_at = time.time()
+                    await self.store.purge(purged_at, TOMBSTONE_S)
+                record = await self._claim_if_room()
+            except Exception:  # a store that went away: log, wait, try again
+                logger.exception("job runner: the jobs store failed; retrying")
+                record = None
+            if record is None:
+                await asyncio.sleep(POLL_S)
+                continue
+            task = asyncio.create_task(self.run(record))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _claim_if_room(self) -> JobRecord | None:
+        if len(self._running) >= self.args.max_in_flight or not self.admission.has_room():
+            return None
+        return await self.store.claim(self.owner, self.args.job_lease_s, time.time())
+
+    async def run(self, record: JobRecord) -> None:
+        """Run one claimed job to its outcome, holding its lease meanwhile. Cancelled by the lease holder (the job
+        was canceled, or another replica took it over) or by ``stop`` (this replica is going away: the job is left
+        for another to take over once the lease runs out)."""
+        job_id = record.id
+        stopped_by: list[str] = []
+        lease = asyncio.create_task(self._hold_lease(job_id, asyncio.current_task(), stopped_by))
+        try:
+            if record.cancel_requested:  # canceled while the replica that held it died
+                stopped_by.append("canceled")
+                raise asyncio.CancelledError
+            job = self._portrait_job(record)
+            image = await self.store.image(job_id)
+            cost = self.admission.cost(job.request)
+            while not self.admission.has_room(cost):
+                await asyncio.sleep(POLL_S)
+            with self.admission.admitted(cost):
+                result = await self.graph.generate(job, image, lambda name, data: self._event(job_id, name, data))
+            response = portrait_response(job, result).model_dump(mode="json")
+            await self._event(job_id, "result", response)
+            await self._finish(job_id, JobStatus.SUCCEEDED, result=response)
+        except asyncio.CancelledError:
+            if stopped_by != ["canceled"]:
+                raise
+            error = JobCanceledError("the job was canceled").to_dict()
+            await self._event(job_id, "error", error)
+            await self._finish(job_id, JobStatus.CANCELED, error=error)
+        except Exception as exception:
+            error = documented_error(exception)
+            if error is None:
+                logger.exception("job %s failed", job_id)
+                error = InternalError(f"internal error; job {job_id}")
+            await self._event(job_id, "error", error.to_dict())
+            await self._finish(job_id, JobStatus.FAILED, error=error.to_dict())
+        finally:
+            lease.cancel()
+
+    def _portrait_job(self, record: JobRecord) -> PortraitJob:
+        options = PortraitOptions.model_validate(record.request["options"])
+        style = self.catalog.version(record.request["style"])
+        request = portrait_request(options, style.manifest, record.request["seed"])
+        return PortraitJob(record.id, style.versioned_id, request, options.return_masks)
+
+    async def _hold_lease(self, job_id: str, run: asyncio.Task, stopped_by: list[str]) -> None:
+        """Renew the lease a few times per lease; cancel the run, saying why, when the job is canceled or the
+        lease was lost (another replica took the job over and runs it now)."""
+        renewed = time.time()
+        while True:
+            await asyncio.sleep(POLL_S)
+            record = await self.store.get(job_id)
+            if record is not None and record.cancel_requested:
+                stopped_by.append("canceled")
+            elif time.time() - renewed > self.args.job_lease_s / 3:
+                renewed = time.time()
+                if await self.store.renew(job_id, self.owner, self.args.job_lease_s, renewed):
+                    continue
+                stopped_by.append("lost")
+            else:
+                continue
+            run.cancel()
+            return
+
+    async def _event(self, job_id: str, name: str, data: dict) -> None:
+        await self.store.add_event(job_id, name, data)
+
+    async def _finish(self, job_id: str, status: JobStatus, **outcome: dict) -> None:
+        await self.store.finish(job_id, self.owner, status, time.time(), self.args.job_retention_s, **outcome)
