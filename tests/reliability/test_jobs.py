@@ -1,6 +1,7 @@
 """Asynchronous jobs through real HTTP on the session's app (SQLite store): submit (``POST /v1/jobs`` and ``Prefer:
 respond-async``), follow (``Prefer: wait``, events with ids and ``Last-Event-ID``), the result equal to the
-synchronous call's, idempotency keys, cancel of a running job (its stages stop stepping), and the refusals."""
+synchronous call's, idempotency keys, cancel of a running job (its stages stop stepping), the refusals, and a job
+whose ingress replica is killed mid-run, taken over by the replica Serve starts instead."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import metric_total
 from numerics import assert_images_close
 from PIL import Image
+from reliability_kit import kill_replica, replicas, wait_until
 
 pytestmark = pytest.mark.usefixtures("serve_url")
 FIELDS = {"style": "film-noir", "num_candidates": "2", "top_k": "1", "seed": "17", "steps": "6", "size": "64",
@@ -122,3 +124,25 @@ def test_unknown_jobs_and_requests_over_the_cost_ceiling_are_refused(serve_url, 
     assert no_face.status_code == 202  # the image is checked when the job runs, as the synchronous call does it
     failed = waited(serve_url, no_face.headers["location"])
     assert failed["status"] == "failed" and failed["error"]["error"]["code"] == "invalid_image"
+
+
+def test_a_job_whose_ingress_replica_dies_mid_run_is_taken_over_and_succeeds(serve_url, sample_face):
+    """The replica running the job is SIGKILLed at its first sampler step; Serve starts another, whose runner takes
+    the job over once its lease (5 s here) runs out, and runs it again with its seed."""
+    job = submit(serve_url, sample_face, {**FIELDS, "seed": "29", "steps": "60"}).json()
+    wait_until(lambda: (httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()["progress"] or {})
+               .get("step") is not None, 60, every_s=0.1)
+    killed = kill_replica("PortraitIngress")
+    wait_until(lambda: killed not in replicas().get("PortraitIngress", set()), 30)
+
+    def ended() -> bool:
+        try:
+            status = httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()["status"]
+        except (httpx.HTTPError, ValueError):  # the proxy has no ingress for a moment
+            return False
+        return status in ("succeeded", "failed", "canceled")
+
+    wait_until(ended, 120)
+    done = httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()
+    assert done["status"] == "succeeded" and [i["seed"] for i in done["result"]["images"]] == [29]
+    assert [name for _, name, _ in events_of(serve_url, job["id"])].count("stage_started") >= 6  # run twice
