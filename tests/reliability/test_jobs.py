@@ -129,7 +129,7 @@ def test_unknown_jobs_and_requests_over_the_cost_ceiling_are_refused(serve_url, 
 def test_a_job_whose_ingress_replica_dies_mid_run_is_taken_over_and_succeeds(serve_url, sample_face):
     """The replica running the job is SIGKILLed at its first sampler step; Serve starts another, whose runner takes
     the job over once its lease (5 s here) runs out, and runs it again with its seed."""
-    job = submit(serve_url, sample_face, {**FIELDS, "seed": "29", "steps": "60"}).json()
+    job = submit(serve_url, sample_face, {**LONG, "seed": "29"}).json()  # seconds of sampling: a step to catch
     wait_until(lambda: (httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()["progress"] or {})
                .get("step") is not None, 60, every_s=0.1)
     killed = kill_replica("PortraitIngress")
@@ -144,5 +144,6 @@ def test_a_job_whose_ingress_replica_dies_mid_run_is_taken_over_and_succeeds(ser
 
     wait_until(ended, 120)
     done = httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()
-    assert done["status"] == "succeeded" and [i["seed"] for i in done["result"]["images"]] == [29]
+    assert done["status"] == "succeeded" and done["result"]["seed"] == 29
+    assert {i["seed"] for i in done["result"]["images"]} <= {29, 30}
     assert [name for _, name, _ in events_of(serve_url, job["id"])].count("stage_started") >= 6  # run twice
