@@ -127,7 +127,7 @@ def test_unknown_jobs_and_requests_over_the_cost_ceiling_are_refused(serve_url, 
 
 
 def test_a_job_whose_ingress_replica_dies_mid_run_is_taken_over_and_succeeds(serve_url, sample_face):
-    """The replica running the job is SIGKILLed at its first sampler step; Serve starts another, whose runner takes
+    """The replica running the job is SIGKILLed while the job samples; Serve starts another, whose runner takes
     the job over once its lease (5 s here) runs out, and runs it again with its seed."""
     job = submit(serve_url, sample_face, {**LONG, "seed": "29"}).json()  # seconds of sampling: a step to catch
     wait_until(lambda: (httpx.get(f"{serve_url}/v1/jobs/{job['id']}", timeout=30).json()["progress"] or {})
