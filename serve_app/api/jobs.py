@@ -21,7 +21,6 @@ from serve_app.api.errors import documented
 from serve_app.api.portrait_input import REQUEST_BODY, PortraitInput, read_portrait_input
 from serve_app.errors import (
     IdempotencyKeyReusedError,
-    JobCanceledError,
     JobExpiredError,
     JobFinishedError,
     JobNotFoundError,
@@ -29,7 +28,7 @@ from serve_app.errors import (
 )
 from serve_app.jobs import records
 from serve_app.jobs.records import FINISHED, JobRecord, JobStatus, NewJob
-from serve_app.jobs.runner import FINAL_EVENTS, POLL_S, fingerprint, job_request
+from serve_app.jobs.runner import FINAL_EVENTS, POLL_S, canceled_error, fingerprint, job_request
 from serve_app.jobs.store import JobStore
 from serve_app.portrait_request import portrait_request, resolve_seed
 from serve_app.schemas import JobProgress, JobResponse
@@ -186,6 +185,5 @@ async def cancel_job(job_id: str, settings: Settings, store: Jobs) -> JSONRespon
         raise JobFinishedError(f"job {job_id!r} already {record.status.value}")
     canceled = await store.cancel(job_id, time.time(), settings.job_retention_s)
     if canceled.status == JobStatus.CANCELED:  # it was queued: no runner will say so
-        error = JobCanceledError("the job was canceled").to_dict()
-        await store.add_event(job_id, "error", error)
+        await store.add_event(job_id, "error", canceled_error())
     return JSONResponse((await job_response(store, canceled)).model_dump(mode="json"), status_code=202)

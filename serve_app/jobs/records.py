@@ -21,6 +21,12 @@ class JobStatus(StrEnum):
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 
+def check_outcome(status: JobStatus) -> None:
+    """What a store's ``finish`` takes: an outcome, not a status on the way to one."""
+    if status not in FINISHED:
+        raise ValueError(f"a job finishes as one of {sorted(FINISHED)}, not {status}")
+
+
 def new_job_id() -> str:
     return secrets.token_hex(16)
 

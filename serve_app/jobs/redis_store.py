@@ -13,13 +13,13 @@ import json
 import redis.asyncio as redis
 
 from serve_app.jobs.records import (
-    FINISHED,
     IdempotencyKeyReusedError,
     JobEvent,
     JobRecord,
     JobStatus,
     NewJob,
     QueueFullError,
+    check_outcome,
     new_job_id,
 )
 
@@ -235,8 +235,7 @@ class RedisJobStore:
         result: dict | None = None,
         error: dict | None = None,
     ) -> bool:
-        if status not in FINISHED:
-            raise ValueError(f"a job finishes as one of {sorted(FINISHED)}, not {status}")
+        check_outcome(status)
         return await self._finish(args=[
             self._prefix, job_id, owner, status.value, repr(now), repr(now + retention_s), json_or_empty(result),
             json_or_empty(error),

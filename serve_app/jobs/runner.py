@@ -35,6 +35,11 @@ TOMBSTONE_S = 7 * 24 * 3600.0
 FINAL_EVENTS = ("result", "error")
 
 
+def canceled_error() -> dict:
+    """A canceled job's ``error`` (and its last event), whether it was queued or running."""
+    return JobCanceledError("the job was canceled").to_dict()
+
+
 def options_document(options: PortraitOptions) -> dict:
     """The options as sent, JSON-ready (a multipart form's image left out)."""
     return options.model_dump(mode="json", include=set(PortraitOptions.model_fields))
@@ -113,7 +118,7 @@ class JobRunner:
         except asyncio.CancelledError:
             if stopped_by != ["canceled"]:
                 raise
-            error = JobCanceledError("the job was canceled").to_dict()
+            error = canceled_error()
             await self._event(job_id, "error", error)
             await self._finish(job_id, JobStatus.CANCELED, error=error)
         except Exception as exception:

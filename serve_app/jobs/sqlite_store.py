@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from serve_app.jobs.records import (
-    FINISHED,
     IdempotencyKeyReusedError,
     JobEvent,
     JobRecord,
     JobStatus,
     NewJob,
     QueueFullError,
+    check_outcome,
     new_job_id,
 )
 
@@ -235,8 +235,7 @@ class SQLiteJobStore:
         result: dict | None = None,
         error: dict | None = None,
     ) -> bool:
-        if status not in FINISHED:
-            raise ValueError(f"a job finishes as one of {sorted(FINISHED)}, not {status}")
+        check_outcome(status)
 
         def finish(connection: sqlite3.Connection) -> bool:
             changed = connection.execute(
