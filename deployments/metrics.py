@@ -1,6 +1,7 @@
 """Application metrics (Prometheus through Ray, names prefixed ``ray_``): stage latency, batch sizes, denoising
-steps run, requests and their estimated work in flight at the ingress, LoRA cache hits and misses, and returned
-portraits by outcome (accepted or why rejected, ``unsafe_content`` among them)."""
+steps run, requests and their estimated work in flight at the ingress, LoRA cache hits and misses, returned
+portraits by outcome (accepted or why rejected, ``unsafe_content`` among them), and asynchronous jobs: the queue's
+length, the wait for a replica, outcomes and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from deployments.stream import Finished
 
 LATENCY_BOUNDARIES_MS = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32]
+WAIT_BOUNDARIES_S = [0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 
 
 class StageMetrics:
@@ -81,3 +83,47 @@ class InFlightGauges:
     def set(self, requests: int, cost: float) -> None:
         self._requests.set(requests)
         self._cost.set(cost)
+
+
+class JobMetrics:
+    """An ingress replica's asynchronous jobs: the store's queue as its job runner sees it, the wait from submit to a
+    replica taking a job, jobs ended by outcome, and webhook deliveries by result."""
+
+    def __init__(self) -> None:
+        self._queued = metrics.Gauge(
+            "portrait_jobs_queued",
+            description="Jobs queued in the store, counted by each ingress replica's job runner as it polls (every "
+            "replica reports the same shared queue: take the max over replicas, not the sum).",
+        )
+        self._wait = metrics.Histogram(
+            "portrait_job_wait_s",
+            description="Seconds from a job's submit to an ingress replica taking it (its first start; a take-over "
+            "after a replica died is not counted again).",
+            boundaries=WAIT_BOUNDARIES_S,
+        )
+        self._jobs = metrics.Counter(
+            "portrait_jobs",
+            description="Jobs ended, by outcome: succeeded, failed or canceled.",
+            tag_keys=("outcome",),
+        )
+        self._webhooks = metrics.Counter(
+            "portrait_webhook_deliveries",
+            description="Webhook delivery attempts, by the delivery's state after each: delivered, pending (it "
+            "failed; a retry follows) or failed (it failed and none follows: retries ran out, a 410, a refused "
+            "address).",
+            tag_keys=("result",),
+        )
+
+    def queued(self, jobs: int) -> None:
+        self._queued.set(jobs)
+
+    def taken(self, waited_s: float, attempts: int) -> None:
+        """A replica took a job ``waited_s`` after its submit: its wait, the first time (``attempts`` 1)."""
+        if attempts == 1:
+            self._wait.observe(waited_s)
+
+    def ended(self, outcome: str) -> None:
+        self._jobs.inc(tags={"outcome": outcome})
+
+    def webhook(self, result: str) -> None:
+        self._webhooks.inc(tags={"result": result})

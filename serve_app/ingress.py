@@ -9,14 +9,16 @@ from fastapi import FastAPI
 from ray.serve.handle import DeploymentHandle
 
 from deployments.logs import log_documented_errors_once
-from deployments.metrics import InFlightGauges
+from deployments.metrics import InFlightGauges, JobMetrics
 from deployments.options import stage_options
 from serve_app.admission import Admission
 from serve_app.api.app import create_app
 from serve_app.api.dependencies import Services
 from serve_app.graph import StageGraph, StageHandles
+from serve_app.jobs.results import JobResults
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import open_job_store
+from serve_app.jobs.webhooks import WebhookSender
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 
@@ -41,14 +43,18 @@ class PortraitIngress:
         handles = StageHandles(preprocessor, layout_generator, blend_sampler, fusion_ranker, upscaler)
         catalog, graph = StyleCatalog(args.styles_dir), StageGraph(handles, args.request_timeout_s)
         admission = Admission(args.max_in_flight, args.max_cost_in_flight, args.max_request_cost, InFlightGauges().set)
-        jobs = open_job_store(args.jobs_store)
+        jobs, results = open_job_store(args.jobs_store), JobResults(args.job_results)
+        job_metrics = JobMetrics()
+        webhooks = WebhookSender(jobs, results, args, job_metrics.webhook)
         self.services = Services(
             settings=args,
             catalog=catalog,
             graph=graph,
             admission=admission,
             jobs=jobs,
-            runner=JobRunner(jobs, graph, admission, catalog, args),
+            results=results,
+            webhooks=webhooks,
+            runner=JobRunner(jobs, results, webhooks, job_metrics, graph, admission, catalog, args),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

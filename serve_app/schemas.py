@@ -93,6 +93,24 @@ class PortraitJSONRequest(PortraitOptions):
     image_base64: str = Field(description="the reference image (JPEG, PNG, WebP, BMP or TIFF), base64-encoded")
 
 
+class WebhookField(BaseModel):
+    """A job's optional webhook: where its outcome is POSTed when it ends."""
+
+    webhook: str | None = Field(
+        None, max_length=2048, description="an https URL the job is POSTed to when it ends, signed the Standard "
+        "Webhooks way with the service's STUDIO_WEBHOOK_SECRET (webhook-id, webhook-timestamp, webhook-signature); "
+        "no loopback, private, link-local or metadata addresses"
+    )
+
+
+class JobForm(PortraitForm, WebhookField):
+    """The multipart body of ``POST /v1/jobs``: a portrait request's, plus its webhook."""
+
+
+class JobJSONRequest(PortraitJSONRequest, WebhookField):
+    """The JSON body of ``POST /v1/jobs``: a portrait request's, plus its webhook."""
+
+
 class GeneratedPortrait(PortraitImage):
     image_base64: str = Field(description="the portrait as a base64-encoded PNG")
     layout_mask_base64: str | None = Field(
@@ -171,6 +189,21 @@ class JobProgress(BaseModel):
     total: int | None = Field(None, description="the blend sampler's steps")
 
 
+class WebhookAttempt(BaseModel):
+    at: AwareDatetime
+    status_code: int | None = Field(description="the receiver's answer; null when none came (see error)")
+    error: str | None = Field(description="why the attempt failed without an answer (timeout, refused address…)")
+
+
+class WebhookDelivery(BaseModel):
+    url: str
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="pending until the job ends and while retries remain; delivered on a 2xx; failed when the "
+        "retries ran out, the receiver answered 410, or its address is not allowed"
+    )
+    attempts: list[WebhookAttempt]
+
+
 class JobResponse(BaseModel):
     """An asynchronous portrait job (``POST /v1/jobs``)."""
 
@@ -184,3 +217,12 @@ class JobResponse(BaseModel):
     progress: JobProgress | None = Field(description="while running: the stage, and the sampler's step")
     result: PortraitResponse | None = Field(description="when succeeded: what the synchronous call returns")
     error: ErrorResponse | None = Field(description="when failed or canceled: what the synchronous call would answer")
+    webhook: WebhookDelivery | None = Field(description="the job's webhook and its delivery, when it has one")
+
+
+class JobEnded(BaseModel):
+    """What a job's webhook receives when the job ends (the Standard Webhooks payload shape)."""
+
+    type: Literal["job.succeeded", "job.failed", "job.canceled"]
+    timestamp: AwareDatetime
+    data: JobResponse

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, field_validator, model_validator
 
 from serve_app.pipeline.settings import ModelSettings
 
@@ -31,14 +31,28 @@ class PortraitAppArgs(ModelSettings):
     jobs_store: str = Field(
         "sqlite:///jobs/jobs.sqlite3",
         description="where asynchronous jobs are kept: sqlite:///<file> (relative to the working dir: one machine) "
-        "or redis://host:port/db (several ingress replicas on several nodes)",
+        "or redis://host:port/db (several ingress replicas on several nodes); env:NAME reads the URL from the "
+        "environment variable NAME (a password from a Secret)",
     )
     job_retention_s: float = Field(3600.0, gt=0.0, description="a finished job and its result are deleted after this")
+    job_results: str = Field(
+        "jobs/results", description="where finished jobs' portraits are kept until their retention ends: a local "
+        "folder (relative to the working dir) or an fsspec URL (s3://bucket/prefix)"
+    )
     max_queued_jobs: int = Field(1000, ge=1, description="queued jobs before submits are refused with 503 queue_full")
     job_lease_s: float = Field(
         30.0, ge=1.0, le=600.0, description="how long a job stays with an ingress replica that stops renewing it (it "
         "died) before another takes it over"
     )
+    webhook_allowed_hosts: list[str] = Field(
+        [], description="webhook hosts (names or addresses) let through the SSRF guard: they may be loopback, "
+        "private or link-local, and plain http"
+    )
+    webhook_retries_s: list[NonNegativeFloat] = Field(
+        [5.0, 30.0, 120.0, 600.0, 1800.0], max_length=20, description="seconds before each retry of a webhook "
+        "delivery that failed (its length bounds the retries)"
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0.0, le=60.0, description="a webhook attempt fails after this long")
     max_image_bytes: int = Field(15 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="upload size limit")
     max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="style LoRA upload limit")
     torch_threads: int | None = Field(
@@ -62,7 +76,7 @@ class PortraitAppArgs(ModelSettings):
         path = value.removeprefix("sqlite:///")
         return value if path == value or path.startswith("/") else f"sqlite:///{Path(path).expanduser().resolve()}"
 
-    @field_validator("styles_dir")
+    @field_validator("styles_dir", "job_results")
     @classmethod
     def _absolute_styles(cls, value: str) -> str:
         # Replicas do not share the builder's working directory; URLs (s3://, gs://, memory://…) stay as given.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -110,6 +111,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 ADMIN_TOKEN = "test-admin-token"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"the tests' webhook signing key!!").decode()
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +128,10 @@ def app_args(live_styles_dir: Path, tmp_path_factory) -> dict:
         "profile": "tiny",
         "styles_dir": str(live_styles_dir),
         "jobs_store": f"sqlite:///{tmp_path_factory.mktemp('jobs') / 'jobs.sqlite3'}",
+        "job_results": str(tmp_path_factory.mktemp("job-results")),
         "job_lease_s": 5,
+        "webhook_allowed_hosts": ["127.0.0.1"],  # the tests' receivers; plain http
+        "webhook_retries_s": [0.5, 0.5, 0.5],
         "max_lora_bytes": 1024 * 1024,
         "max_lora_rank": 16,
         "max_image_bytes": 2 * 1024 * 1024,
@@ -151,6 +156,7 @@ def ray_cluster(tmp_path_factory):
     """One local Ray for the session, isolated in a temp folder, metrics on a loopback port; always shut down."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["STUDIO_ADMIN_TOKEN"] = ADMIN_TOKEN  # replicas inherit the environment Ray starts with
+    os.environ["STUDIO_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     import ray
 

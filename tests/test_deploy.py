@@ -29,15 +29,16 @@ def rayservice() -> dict:
     return service
 
 
-def test_the_rayservice_serves_configs_serve_yaml_with_styles_on_object_storage():
+def test_the_rayservice_serves_configs_serve_yaml_with_styles_jobs_and_results_on_shared_storage():
     served = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(served)
     local = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     (application,) = served["applications"]
     styles_url = application["args"]["styles_dir"]
-    assert styles_url.startswith("s3://")
+    assert styles_url.startswith("s3://") and application["args"]["job_results"].startswith("s3://")
+    assert application["args"]["jobs_store"] == "env:STUDIO_JOBS_STORE"  # a redis:// URL from a Secret (below)
     expected = copy.deepcopy(local["applications"])
-    expected[0]["args"]["styles_dir"] = styles_url
+    expected[0]["args"].update({key: application["args"][key] for key in ("styles_dir", "jobs_store", "job_results")})
     assert served["applications"] == expected
     assert {key: served[key] for key in ("proxy_location", "http_options")} == {
         key: local[key] for key in ("proxy_location", "http_options")
@@ -47,7 +48,7 @@ def test_the_rayservice_serves_configs_serve_yaml_with_styles_on_object_storage(
     assert names == {cls.__name__ for cls in (*STAGE_DEPLOYMENTS, PortraitIngress)}
 
 
-def test_the_gpu_workers_verify_their_weights_and_every_pod_gets_the_admin_token_from_a_secret():
+def test_the_gpu_workers_verify_their_weights_and_every_pod_gets_its_secrets_from_secrets():
     cluster = rayservice()["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == "2.60.0"
     head = cluster["headGroupSpec"]["template"]["spec"]
@@ -60,8 +61,10 @@ def test_the_gpu_workers_verify_their_weights_and_every_pod_gets_the_admin_token
     assert verify["command"][-4:] == ["weights", "verify", "--dir", "/srv/portrait-weights"]
     for pod in (head, worker):
         (container,) = pod["containers"]
-        token = next(env for env in container["env"] if env["name"] == "STUDIO_ADMIN_TOKEN")
-        assert token["valueFrom"]["secretKeyRef"]["name"] == "portrait-studio-admin"
+        secrets = {env["name"]: env["valueFrom"]["secretKeyRef"]["name"] for env in container["env"]}
+        assert secrets["STUDIO_ADMIN_TOKEN"] == "portrait-studio-admin"
+        assert secrets["STUDIO_JOBS_STORE"] == "portrait-studio-jobs"
+        assert secrets["STUDIO_WEBHOOK_SECRET"] == "portrait-studio-webhooks"
         assert {"name": "weights", "mountPath": "/srv/portrait-weights", "readOnly": True} in container["volumeMounts"]
 
 
@@ -84,7 +87,7 @@ def test_the_dashboard_has_a_panel_for_every_portrait_metric_beside_serves_own()
     dashboard = json.loads((REPO / "deploy" / "grafana" / "portrait-studio.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     names = metric_names()
-    assert len(names) == 7
+    assert len(names) == 11
     for name in names:  # as Prometheus sees it: ray_ prefix, a counter's _total, a histogram's series
         assert any(re.search(rf"\bray_{name}(_total|_bucket|_sum|_count)?\b", query) for query in queries), name
     serve_metrics = {"ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_bucket",

@@ -17,6 +17,7 @@ from serve_app.jobs.store import JobStore, open_job_store
 LEASE_S = 30.0
 RETENTION_S = 3600.0
 TOMBSTONE_S = 86400.0
+CANCELED = {"error": {"code": "job_canceled", "message": "the job was canceled"}}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -134,17 +135,19 @@ async def test_events_are_numbered_and_read_from_where_a_client_left(store):
 @pytest.mark.asyncio
 async def test_cancel_stops_a_queued_job_marks_a_running_one_and_leaves_a_finished_one(store):
     queued, _ = await store.submit(job(1), 10, now=100.0)
-    canceled = await store.cancel(queued.id, now=101.0, retention_s=RETENTION_S)
+    canceled = await store.cancel(queued.id, now=101.0, retention_s=RETENTION_S, error=CANCELED)
     assert canceled.status == JobStatus.CANCELED and canceled.expires_at == 101.0 + RETENTION_S
+    assert canceled.error == CANCELED
     assert (await store.image(queued.id)) is None and (await store.claim("replica-a", LEASE_S, now=102.0)) is None
 
     running, _ = await store.submit(job(2), 10, now=103.0)
     await store.claim("replica-a", LEASE_S, now=104.0)
-    marked = await store.cancel(running.id, now=105.0, retention_s=RETENTION_S)
+    marked = await store.cancel(running.id, now=105.0, retention_s=RETENTION_S, error=CANCELED)
     assert marked.status == JobStatus.RUNNING and marked.cancel_requested
     assert (await store.finish(running.id, "replica-a", JobStatus.CANCELED, 106.0, RETENTION_S))
-    assert (await store.cancel(running.id, now=107.0, retention_s=RETENTION_S)).status == JobStatus.CANCELED
-    assert (await store.cancel("no-such-job", now=108.0, retention_s=RETENTION_S)) is None
+    again = await store.cancel(running.id, now=107.0, retention_s=RETENTION_S, error=CANCELED)
+    assert again.status == JobStatus.CANCELED
+    assert (await store.cancel("no-such-job", now=108.0, retention_s=RETENTION_S, error=CANCELED)) is None
 
 
 @pytest.mark.asyncio
@@ -153,8 +156,8 @@ async def test_past_its_retention_nothing_of_a_job_is_kept_but_its_id_for_a_whil
     await store.claim("replica-a", LEASE_S, now=101.0)
     await store.add_event(submitted.id, "result", {"seed": 1})
     await store.finish(submitted.id, "replica-a", JobStatus.SUCCEEDED, 110.0, RETENTION_S, result={"seed": 1})
-    assert (await store.purge(now=110.0 + RETENTION_S - 1, tombstone_s=TOMBSTONE_S)) == 0
-    assert (await store.purge(now=110.0 + RETENTION_S + 1, tombstone_s=TOMBSTONE_S)) == 1
+    assert (await store.purge(now=110.0 + RETENTION_S - 1, tombstone_s=TOMBSTONE_S)) == []
+    assert (await store.purge(now=110.0 + RETENTION_S + 1, tombstone_s=TOMBSTONE_S)) == [submitted.id]
     tombstone = await store.get(submitted.id)
     assert tombstone.status == JobStatus.EXPIRED
     assert (tombstone.request, tombstone.result, tombstone.fingerprint, tombstone.webhook) == ({}, None, "", None)
@@ -181,3 +184,13 @@ async def test_a_restart_loses_no_job(store, store_url):
 def test_a_jobs_store_url_of_no_known_kind_is_refused(url):
     with pytest.raises(ValueError, match="jobs_store"):
         open_job_store(url)
+
+
+@pytest.mark.asyncio
+async def test_the_queued_count_is_the_jobs_no_replica_took_nor_a_cancel_ended(store):
+    assert (await store.queued_count()) == 0
+    submitted = [(await store.submit(job(seed), 10, now=100.0 + seed))[0] for seed in range(3)]
+    assert (await store.queued_count()) == 3
+    await store.claim("replica-a", LEASE_S, now=104.0)
+    await store.cancel(submitted[2].id, now=105.0, retention_s=RETENTION_S, error=CANCELED)
+    assert (await store.queued_count()) == 1

@@ -29,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
         finally:
             runner.cancel()
             await services.runner.stop()
+            await services.webhooks.stop()
             await services.jobs.close()
 
     # /docs with Swagger UI served from here (fastapi-offline's copy), not a CDN; no /redoc: ReDoc's page fetches
@@ -40,6 +41,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     for feature in (portraits, jobs, styles, admin, health, pages):
         app.include_router(feature.router)
+    app.webhooks.include_router(jobs.webhooks)
     app.mount("/static", pages.Assets(), name="static")
     app.add_middleware(admin.AdminTokenFirst)
     install_error_handlers(app)

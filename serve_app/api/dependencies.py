@@ -1,5 +1,5 @@
 """What the routes depend on, as FastAPI dependencies: the services of the ingress replica that serves the request
-(settings, style catalogue, stage graph, admission, job store) and the admin token check."""
+(settings, style catalogue, stage graph, admission, jobs) and the admin token check."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from fastapi import Depends, Request
 from serve_app.admission import Admission
 from serve_app.errors import AdminDisabledError, ForbiddenError, UnauthorizedError
 from serve_app.graph import StageGraph
+from serve_app.jobs.results import JobResults
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import WebhookSender
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles import StyleCatalog
 
@@ -28,6 +30,9 @@ class Services:
     graph: StageGraph
     admission: Admission
     jobs: JobStore
+    results: JobResults
+    """Where finished jobs' portraits are kept."""
+    webhooks: WebhookSender
     runner: JobRunner
     """Takes this replica's share of the queued jobs while the app runs (``create_app``'s lifespan)."""
 
@@ -74,3 +79,4 @@ Catalog = Annotated[StyleCatalog, Depends(catalog)]
 Graph = Annotated[StageGraph, Depends(graph)]
 Admitting = Annotated[Admission, Depends(admission)]
 Jobs = Annotated[JobStore, Depends(jobs)]
+Studio = Annotated[Services, Depends(services)]

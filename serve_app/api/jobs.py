@@ -5,20 +5,17 @@ it ends), ``/events`` streams its events (``Last-Event-ID`` resumes), ``/cancel`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve_app.admission import Admission
-from serve_app.api.dependencies import Admitting, Catalog, Jobs, Settings
+from serve_app.api.dependencies import Services, Studio
 from serve_app.api.errors import documented
-from serve_app.api.portrait_input import REQUEST_BODY, PortraitInput, read_portrait_input
+from serve_app.api.portrait_input import JOB_BODY, PortraitInput, read_portrait_input
 from serve_app.errors import (
     IdempotencyKeyReusedError,
     JobExpiredError,
@@ -27,15 +24,18 @@ from serve_app.errors import (
     JobQueueFullError,
 )
 from serve_app.jobs import records
+from serve_app.jobs.documents import job_response
 from serve_app.jobs.records import FINISHED, JobRecord, JobStatus, NewJob
-from serve_app.jobs.runner import FINAL_EVENTS, POLL_S, canceled_error, fingerprint, job_request
+from serve_app.jobs.runner import FINAL_EVENTS, canceled_error, fingerprint, job_request
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import WebhookRefusedError, checked_target, webhook_secret
+from serve_app.pipeline.errors import InvalidParameterError
 from serve_app.portrait_request import portrait_request, resolve_seed
-from serve_app.schemas import JobProgress, JobResponse
-from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.schemas import JobEnded, JobResponse
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+webhooks = APIRouter(tags=["jobs"])
+"""What this service calls: documented in the OpenAPI document's ``webhooks``."""
 
 MAX_WAIT_S = 60
 WAIT = re.compile(r"\bwait=(\d+)")
@@ -49,32 +49,6 @@ JOB_STREAM = {"text/event-stream": {"schema": {
 JOB_CREATED = {"description": "queued as a job (Location: /v1/jobs/{id})", "model": JobResponse}
 
 
-def timestamp(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
-async def job_response(store: JobStore, record: JobRecord) -> JobResponse:
-    progress = None
-    if record.status == JobStatus.RUNNING:
-        progress = next(
-            (JobProgress(**event.data) for event in reversed(await store.events(record.id))
-             if event.name in ("stage_started", "step")),
-            None,
-        )
-    return JobResponse(
-        id=record.id,
-        status=record.status.value,
-        created_at=timestamp(record.created_at),
-        started_at=timestamp(record.started_at),
-        finished_at=timestamp(record.finished_at),
-        expires_at=timestamp(record.expires_at),
-        queue_position=await store.queue_position(record.id) if record.status == JobStatus.QUEUED else None,
-        progress=progress,
-        result=record.result,
-        error=record.error,
-    )
-
-
 async def existing(store: JobStore, job_id: str) -> JobRecord:
     record = await store.get(job_id)
     if record is None:
@@ -84,22 +58,29 @@ async def existing(store: JobStore, job_id: str) -> JobRecord:
     return record
 
 
-async def submit_job(
-    request: Request,
-    body: PortraitInput,
-    settings: PortraitAppArgs,
-    catalog: StyleCatalog,
-    store: JobStore,
-    admission: Admission,
-) -> JSONResponse:
+async def checked_webhook(url: str | None, allowed_hosts: list[str]) -> None:
+    """A webhook this service will send (422 naming the field, else): a secret to sign with, an allowed address."""
+    if url is not None:
+        try:
+            webhook_secret()
+            await checked_target(url, allowed_hosts)
+        except WebhookRefusedError as refused:
+            raise InvalidParameterError(f"webhook refused: {refused}", {"webhook": str(refused)}) from None
+
+
+async def submit_job(request: Request, body: PortraitInput, services: Services) -> JSONResponse:
     """Queue a portrait request as a job: 202 with the job, or 200 with the job an ``Idempotency-Key`` made."""
-    style = catalog.get(body.options.style)
+    settings, store = services.settings, services.jobs
+    style = services.catalog.get(body.options.style)
     seed = resolve_seed(body.options)
-    admission.cost(portrait_request(body.options, style.manifest, seed))  # refused now (422), not when it runs
+    # refused now (422), not when it runs
+    services.admission.cost(portrait_request(body.options, style.manifest, seed))
+    await checked_webhook(body.webhook, settings.webhook_allowed_hosts)
     new = NewJob(
         request=job_request(body.options, style.versioned_id, seed),
-        fingerprint=fingerprint(body.options, body.image),
+        fingerprint=fingerprint(body.options, body.image, body.webhook),
         image=body.image,
+        webhook=body.webhook,
         idempotency_key=request.headers.get("idempotency-key"),
     )
     try:
@@ -111,8 +92,11 @@ async def submit_job(
             "this Idempotency-Key was sent before with another body; use a new key for a new request",
             {"Idempotency-Key": "used before with another body"},
         ) from None
-    document = (await job_response(store, record)).model_dump(mode="json")
-    return JSONResponse(document, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{record.id}"})
+    if created:
+        services.runner.nudge()
+    document = (await job_response(store, services.results, record)).model_dump(mode="json")
+    location = request.url_for("get_job", job_id=record.id).path  # under the app's route prefix, if any
+    return JSONResponse(document, status_code=202 if created else 200, headers={"Location": location})
 
 
 @router.post(
@@ -121,14 +105,12 @@ async def submit_job(
     response_model=JobResponse,
     responses={200: {"description": "the job this Idempotency-Key made before", "model": JobResponse},
                **documented(400, 404, 409, 410, 413, 415, 422, 503)},
-    openapi_extra={"requestBody": REQUEST_BODY},
-    summary="Queue a portrait request as a job (the body of POST /v1/portraits)",
+    openapi_extra={"requestBody": JOB_BODY.openapi},
+    summary="Queue a portrait request as a job (the body of POST /v1/portraits, plus an optional webhook)",
 )
-async def create_job(
-    request: Request, settings: Settings, catalog: Catalog, store: Jobs, admission: Admitting
-) -> JSONResponse:
-    body = await read_portrait_input(request, settings.max_image_bytes)
-    return await submit_job(request, body, settings, catalog, store, admission)
+async def create_job(request: Request, services: Studio) -> JSONResponse:
+    body = await read_portrait_input(request, services.settings.max_image_bytes, JOB_BODY)
+    return await submit_job(request, body, services)
 
 
 @router.get(
@@ -137,14 +119,15 @@ async def create_job(
     responses=documented(404, 410),
     summary="A job: its status, progress, and result or error (Prefer: wait=N holds the answer up to N s)",
 )
-async def get_job(job_id: str, request: Request, store: Jobs) -> JobResponse:
+async def get_job(job_id: str, request: Request, services: Studio) -> JobResponse:
+    store = services.jobs
     record = await existing(store, job_id)
     wanted = WAIT.search(request.headers.get("prefer", ""))
     deadline = time.monotonic() + min(int(wanted.group(1)), MAX_WAIT_S) if wanted else 0.0
     while record.status not in FINISHED and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_S)
+        await services.runner.news()
         record = await existing(store, job_id)
-    return await job_response(store, record)
+    return await job_response(store, services.results, record)
 
 
 @router.get(
@@ -152,24 +135,26 @@ async def get_job(job_id: str, request: Request, store: Jobs) -> JobResponse:
     responses={200: {"content": JOB_STREAM}, **documented(404, 410)},
     summary="The job's events as Server-Sent Events, from the first (or after Last-Event-ID) to its outcome",
 )
-async def job_events(job_id: str, request: Request, store: Jobs) -> StreamingResponse:
-    await existing(store, job_id)
+async def job_events(job_id: str, request: Request, services: Studio) -> StreamingResponse:
+    await existing(services.jobs, job_id)
     last = request.headers.get("last-event-id", "0")
     after = int(last) if last.isdigit() else 0
-    return StreamingResponse(event_stream(store, job_id, after), media_type="text/event-stream")
+    return StreamingResponse(event_stream(services, job_id, after), media_type="text/event-stream")
 
 
-async def event_stream(store: JobStore, job_id: str, after: int) -> AsyncIterator[str]:
+async def event_stream(services: Services, job_id: str, after: int) -> AsyncIterator[str]:
+    store, results = services.jobs, services.results
     while True:
         for event in await store.events(job_id, after):
-            yield f"id: {event.seq}\nevent: {event.name}\ndata: {json.dumps(event.data)}\n\n"
+            data = await results.document(job_id, event.data) if event.name == "result" else event.data
+            yield f"id: {event.seq}\nevent: {event.name}\ndata: {json.dumps(data)}\n\n"
             after = event.seq
             if event.name in FINAL_EVENTS:
                 return
         record = await store.get(job_id)
         if record is None or record.status == JobStatus.EXPIRED:
             return
-        await asyncio.sleep(POLL_S)
+        await services.runner.news()
 
 
 @router.post(
@@ -179,11 +164,22 @@ async def event_stream(store: JobStore, job_id: str, after: int) -> AsyncIterato
     responses=documented(404, 409, 410),
     summary="Cancel a job: a queued one never runs, a running one's stage calls stop",
 )
-async def cancel_job(job_id: str, settings: Settings, store: Jobs) -> JSONResponse:
+async def cancel_job(job_id: str, services: Studio) -> JSONResponse:
+    store = services.jobs
     record = await existing(store, job_id)
     if record.status in FINISHED:
         raise JobFinishedError(f"job {job_id!r} already {record.status.value}")
-    canceled = await store.cancel(job_id, time.time(), settings.job_retention_s)
-    if canceled.status == JobStatus.CANCELED:  # it was queued: no runner will say so
+    canceled = await store.cancel(job_id, time.time(), services.settings.job_retention_s, canceled_error())
+    if canceled.status == JobStatus.CANCELED:  # it was queued: no runner will say so, nor send its webhook
         await store.add_event(job_id, "error", canceled_error())
-    return JSONResponse((await job_response(store, canceled)).model_dump(mode="json"), status_code=202)
+        services.runner.metrics.ended(canceled.status.value)
+        services.webhooks.job_ended(canceled)
+    document = await job_response(store, services.results, canceled)
+    return JSONResponse(document.model_dump(mode="json"), status_code=202)
+
+
+@webhooks.post("job-ended", summary="A job ended: POSTed to the job's webhook")
+def job_ended(body: JobEnded) -> None:
+    """Signed the Standard Webhooks way with ``STUDIO_WEBHOOK_SECRET``: ``webhook-id`` (``msg_<job id>``, the same on
+    every retry), ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>``. A 2xx
+    answer delivers it; 410 stops the retries; anything else is retried (``webhook_retries_s``)."""

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from deployments.stream import PortraitJob
 from serve_app.admission import Admission
-from serve_app.api.dependencies import Admitting, Catalog, Graph, Jobs, Settings
+from serve_app.api.dependencies import Admitting, Catalog, Graph, Settings, Studio
 from serve_app.api.errors import documented, log_refusal
 from serve_app.api.jobs import JOB_CREATED, submit_job
-from serve_app.api.portrait_input import REQUEST_BODY, read_portrait_input
+from serve_app.api.portrait_input import JOB_BODY, PORTRAIT_BODY, read_portrait_input
 from serve_app.errors import InternalError, documented_error
 from serve_app.graph import StageGraph
 from serve_app.pipeline.stages import STAGES
@@ -62,16 +62,17 @@ STREAM = {"text/event-stream": {"schema": STREAM_EVENT}}
     "/portraits",
     response_model=PortraitResponse,
     responses={200: {"content": STREAM}, 202: JOB_CREATED, **documented(400, 404, 408, 409, 410, 413, 415, 422, 503)},
-    openapi_extra={"requestBody": REQUEST_BODY},
+    openapi_extra={"requestBody": PORTRAIT_BODY.openapi},
     summary="Generate K portraits of the face in an image, in a style (Prefer: respond-async queues a job)",
 )
 async def create_portrait(
-    request: Request, settings: Settings, catalog: Catalog, graph: Graph, admission: Admitting, jobs: Jobs
+    request: Request, settings: Settings, catalog: Catalog, graph: Graph, admission: Admitting, studio: Studio
 ) -> PortraitResponse | StreamingResponse | JSONResponse:
     # 1. Read and check the body: the image and the options
-    body = await read_portrait_input(request, settings.max_image_bytes)
-    if "respond-async" in request.headers.get("prefer", ""):  # RFC 7240: the same request as a job
-        return await submit_job(request, body, settings, catalog, jobs, admission)
+    queued = "respond-async" in request.headers.get("prefer", "")  # RFC 7240: the same request as a job
+    body = await read_portrait_input(request, settings.max_image_bytes, JOB_BODY if queued else PORTRAIT_BODY)
+    if queued:
+        return await submit_job(request, body, studio)
     # 2. Resolve the style and the seed into the pipeline's request
     style = catalog.get(body.options.style)
     request_id = request_id_for(request)

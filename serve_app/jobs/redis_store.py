@@ -103,7 +103,7 @@ local prefix, job_id = ARGV[1], ARGV[2]
 local job = prefix .. 'job:' .. job_id
 local status = redis.call('HGET', job, 'status')
 if status == 'queued' then
-  redis.call('HSET', job, 'status', 'canceled', 'finished_at', ARGV[3], 'expires_at', ARGV[4])
+  redis.call('HSET', job, 'status', 'canceled', 'finished_at', ARGV[3], 'expires_at', ARGV[4], 'error', ARGV[5])
   redis.call('HDEL', job, 'image')
   redis.call('ZREM', prefix .. 'queue', job_id)
   redis.call('ZADD', prefix .. 'expiring', ARGV[4], job_id)
@@ -115,7 +115,7 @@ return status
 
 PURGE = """
 local prefix, now, tombstone_until = ARGV[1], ARGV[2], ARGV[3]
-local expired = 0
+local expired = {}
 for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'expiring', '-inf', '(' .. now)) do
   local job = prefix .. 'job:' .. job_id
   if redis.call('HGET', job, 'status') == 'expired' then
@@ -131,7 +131,7 @@ for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'expiring', '-inf'
     redis.call('HSET', job, 'id', job_id, 'status', 'expired', 'request', '{}', 'fingerprint', '',
       'created_at', created_at, 'expires_at', tombstone_until, 'attempts', 0, 'cancel_requested', 0)
     redis.call('ZADD', prefix .. 'expiring', tombstone_until, job_id)
-    expired = expired + 1
+    table.insert(expired, job_id)
   end
 end
 return expired
@@ -241,12 +241,16 @@ class RedisJobStore:
             json_or_empty(error),
         ]) == 1
 
-    async def cancel(self, job_id: str, now: float, retention_s: float) -> JobRecord | None:
-        await self._cancel(args=[self._prefix, job_id, repr(now), repr(now + retention_s)])
+    async def cancel(self, job_id: str, now: float, retention_s: float, error: dict) -> JobRecord | None:
+        await self._cancel(args=[self._prefix, job_id, repr(now), repr(now + retention_s), json.dumps(error)])
         return await self.get(job_id)
 
-    async def purge(self, now: float, tombstone_s: float) -> int:
-        return await self._purge(args=[self._prefix, repr(now), repr(now + tombstone_s)])
+    async def purge(self, now: float, tombstone_s: float) -> list[str]:
+        expired = await self._purge(args=[self._prefix, repr(now), repr(now + tombstone_s)])
+        return [job_id.decode() for job_id in expired]
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    async def queued_count(self) -> int:
+        return await self._redis.zcard(f"{self._prefix}queue")

@@ -6,6 +6,7 @@ renewing its leases; another takes its jobs over (the seed is fixed, so the resu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,12 +15,15 @@ import socket
 import time
 import uuid
 
+from deployments.metrics import JobMetrics
 from deployments.stream import PortraitJob
 from serve_app.admission import Admission
 from serve_app.errors import InternalError, JobCanceledError, documented_error
 from serve_app.graph import StageGraph
 from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.results import JobResults
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import WebhookSender
 from serve_app.portrait_request import portrait_request
 from serve_app.portrait_response import portrait_response
 from serve_app.schemas import PortraitOptions
@@ -50,35 +54,64 @@ def job_request(options: PortraitOptions, versioned_style: str, seed: int) -> di
     return {"options": options_document(options), "style": versioned_style, "seed": seed}
 
 
-def fingerprint(options: PortraitOptions, image: bytes) -> str:
-    """Of a submitted body, for ``Idempotency-Key``: the options as sent and the image's bytes."""
-    digest = hashlib.sha256(json.dumps(options_document(options), sort_keys=True).encode())
+def fingerprint(options: PortraitOptions, image: bytes, webhook: str | None) -> str:
+    """Of a submitted body, for ``Idempotency-Key``: the options as sent, the webhook and the image's bytes."""
+    sent = {**options_document(options), "webhook": webhook}
+    digest = hashlib.sha256(json.dumps(sent, sort_keys=True).encode())
     digest.update(hashlib.sha256(image).digest())
     return digest.hexdigest()
 
 
 class JobRunner:
     def __init__(
-        self, store: JobStore, graph: StageGraph, admission: Admission, catalog: StyleCatalog, args: PortraitAppArgs
+        self,
+        store: JobStore,
+        results: JobResults,
+        webhooks: WebhookSender,
+        metrics: JobMetrics,
+        graph: StageGraph,
+        admission: Admission,
+        catalog: StyleCatalog,
+        args: PortraitAppArgs,
     ) -> None:
-        self.store, self.graph, self.admission, self.catalog, self.args = store, graph, admission, catalog, args
+        self.store, self.results, self.webhooks, self.metrics = store, results, webhooks, metrics
+        self.graph, self.admission, self.catalog, self.args = graph, admission, catalog, args
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: set[asyncio.Task] = set()
+        self._queued_here = asyncio.Event()
+        self._news = asyncio.Event()
+
+    def nudge(self) -> None:
+        """A job was queued through this replica: look for work now, not at the next poll."""
+        self._queued_here.set()
+
+    async def news(self) -> None:
+        """Until a job this replica runs records something (an event, its outcome), ``POLL_S`` at most: what
+        waiting on a job waits for between reads of the store (a job another replica runs is seen at the poll)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), POLL_S)
+
+    def _announce(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()
 
     async def run_forever(self) -> None:
         """Take jobs while there is room, purge expired ones now and then; until cancelled."""
         purged_at = 0.0
         while True:
             try:
-                if time.time() - purged_at > PURGE_EVERY_S:
+                if time.time() - purged_at > min(PURGE_EVERY_S, self.args.job_retention_s / 4):
                     purged_at = time.time()
-                    await self.store.purge(purged_at, TOMBSTONE_S)
+                    await self.results.delete(await self.store.purge(purged_at, TOMBSTONE_S))
+                self.metrics.queued(await self.store.queued_count())
                 record = await self._claim_if_room()
             except Exception:  # a store that went away: log, wait, try again
                 logger.exception("job runner: the jobs store failed; retrying")
                 record = None
             if record is None:
-                await asyncio.sleep(POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued_here.wait(), POLL_S)
+                self._queued_here.clear()
                 continue
             task = asyncio.create_task(self.run(record))
             self._running.add(task)
@@ -99,6 +132,7 @@ class JobRunner:
         was canceled, or another replica took it over) or by ``stop`` (this replica is going away: the job is left
         for another to take over once the lease runs out)."""
         job_id = record.id
+        self.metrics.taken(time.time() - record.created_at, record.attempts)
         stopped_by: list[str] = []
         lease = asyncio.create_task(self._hold_lease(job_id, asyncio.current_task(), stopped_by))
         try:
@@ -109,12 +143,12 @@ class JobRunner:
             image = await self.store.image(job_id)
             cost = self.admission.cost(job.request)
             while not self.admission.has_room(cost):
-                await asyncio.sleep(POLL_S)
+                await self.news()  # a job of this replica that ends frees room
             with self.admission.admitted(cost):
                 result = await self.graph.generate(job, image, lambda name, data: self._event(job_id, name, data))
-            response = portrait_response(job, result).model_dump(mode="json")
-            await self._event(job_id, "result", response)
-            await self._finish(job_id, JobStatus.SUCCEEDED, result=response)
+            kept = await self.results.keep(job_id, portrait_response(job, result).model_dump(mode="json"))
+            await self._event(job_id, "result", kept)
+            await self._finish(job_id, JobStatus.SUCCEEDED, result=kept)
         except asyncio.CancelledError:
             if stopped_by != ["canceled"]:
                 raise
@@ -158,6 +192,11 @@ class JobRunner:
 
     async def _event(self, job_id: str, name: str, data: dict) -> None:
         await self.store.add_event(job_id, name, data)
+        self._announce()
 
     async def _finish(self, job_id: str, status: JobStatus, **outcome: dict) -> None:
-        await self.store.finish(job_id, self.owner, status, time.time(), self.args.job_retention_s, **outcome)
+        """Record the outcome, unless another replica took the job over meanwhile; then its webhook is sent."""
+        if await self.store.finish(job_id, self.owner, status, time.time(), self.args.job_retention_s, **outcome):
+            self.metrics.ended(status.value)
+            self._announce()
+            self.webhooks.job_ended(await self.store.get(job_id))

@@ -248,13 +248,13 @@ class SQLiteJobStore:
 
         return await self._run(finish)
 
-    async def cancel(self, job_id: str, now: float, retention_s: float) -> JobRecord | None:
+    async def cancel(self, job_id: str, now: float, retention_s: float, error: dict) -> JobRecord | None:
         def cancel(connection: sqlite3.Connection) -> JobRecord | None:
             with self._transaction(connection):
                 connection.execute(
-                    "UPDATE jobs SET status = 'canceled', finished_at = ?, expires_at = ?, image = NULL "
+                    "UPDATE jobs SET status = 'canceled', finished_at = ?, expires_at = ?, error = ?, image = NULL "
                     "WHERE id = ? AND status = 'queued'",
-                    (now, now + retention_s, job_id),
+                    (now, now + retention_s, json.dumps(error), job_id),
                 )
                 connection.execute(
                     "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
@@ -263,8 +263,8 @@ class SQLiteJobStore:
 
         return await self._run(cancel)
 
-    async def purge(self, now: float, tombstone_s: float) -> int:
-        def purge(connection: sqlite3.Connection) -> int:
+    async def purge(self, now: float, tombstone_s: float) -> list[str]:
+        def purge(connection: sqlite3.Connection) -> list[str]:
             with self._transaction(connection):
                 connection.execute(
                     "DELETE FROM jobs WHERE status = 'expired' AND expires_at < ?", (now,)
@@ -283,9 +283,15 @@ class SQLiteJobStore:
                         "expires_at = ? WHERE id = ?",
                         (now + tombstone_s, job_id),
                     )
-            return len(expired)
+            return expired
 
         return await self._run(purge)
 
     async def close(self) -> None:
         await self._run(lambda connection: connection.close())
+
+    async def queued_count(self) -> int:
+        def count(connection: sqlite3.Connection) -> int:
+            return connection.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
+        return await self._run(count)

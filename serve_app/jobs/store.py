@@ -1,9 +1,11 @@
 """Where asynchronous jobs live, chosen by one URL (the app argument ``jobs_store``): ``sqlite:///path`` (an embedded
-file: one machine, nothing to install, survives a restart) or, for clusters, ``redis://…``. Every store keeps the
-same contract (``JobStore``), and ``tests/test_job_store.py`` holds each to it."""
+file: one machine, nothing to install, survives a restart) or, for clusters, ``redis://…``; ``env:NAME`` reads the
+URL from an environment variable. Every store keeps the same contract (``JobStore``), and
+``tests/test_job_store.py`` holds each to it."""
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 from serve_app.jobs.records import JobEvent, JobRecord, JobStatus, NewJob
@@ -61,22 +63,32 @@ class JobStore(Protocol):
         False (and nothing changed) when the job is no longer running for ``owner``."""
         ...
 
-    async def cancel(self, job_id: str, now: float, retention_s: float) -> JobRecord | None:
-        """A queued job is canceled at once (it never runs; its image is deleted); a running one is marked
-        ``cancel_requested`` for its owner to stop and finish as canceled; a finished one is left as it is. The
-        record after that, or None for an unknown id."""
+    async def cancel(self, job_id: str, now: float, retention_s: float, error: dict) -> JobRecord | None:
+        """A queued job is canceled at once with ``error`` (it never runs; its image is deleted); a running one is
+        marked ``cancel_requested`` for its owner to stop and finish as canceled; a finished one is left as it is.
+        The record after that, or None for an unknown id."""
         ...
 
-    async def purge(self, now: float, tombstone_s: float) -> int:
+    async def purge(self, now: float, tombstone_s: float) -> list[str]:
         """Jobs past their retention become ``EXPIRED`` tombstones (the id alone, until ``now + tombstone_s``);
-        tombstones past theirs are deleted. How many jobs expired."""
+        tombstones past theirs are deleted. The ids of the jobs that expired (their results are to be deleted)."""
         ...
 
     async def close(self) -> None: ...
 
+    async def queued_count(self) -> int:
+        """How many jobs are queued (the ``portrait_jobs_queued`` gauge)."""
+        ...
+
 
 def open_job_store(url: str) -> JobStore:
-    """The store a ``jobs_store`` URL names."""
+    """The store a ``jobs_store`` URL names; ``env:NAME`` names the environment variable that holds the URL (so that
+    a password in it comes from a Secret, not from the Serve config everyone can read)."""
+    if url.startswith("env:"):
+        name = url.removeprefix("env:")
+        url = os.environ.get(name, "")
+        if not url:
+            raise ValueError(f"jobs_store names the environment variable {name}, which is not set")
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         from serve_app.jobs.sqlite_store import SQLiteJobStore

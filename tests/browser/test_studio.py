@@ -1,13 +1,18 @@
-"""The studio page (``/``) in headless Chromium against the running service: what a person sees and does."""
+"""The studio page (``/``) in headless Chromium against the running service: what a person sees and does. Each
+generation is a job whose id the page puts in its URL, so a reload or another tab shows the same job."""
 
 from __future__ import annotations
 
 import re
 
 import httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 GENERATION_S = 180
+JOB_URL = re.compile(r"/\?job=\w+$")
+# Seconds of sampling (as tests/reliability/test_jobs.py's long job): a job to cancel while it runs.
+LONG_JOB = {"style": "film-noir", "num_candidates": "2", "top_k": "1", "seed": "18", "steps": "150", "size": "128",
+            "upscale": "1"}
 SCORE = re.compile(r"^Identity [01]\.\d{3}$")
 GARBAGE = b"this is not an image, whatever its name says"
 # Records every (value, max) the sampler's step bar shows, from the moment it is installed.
@@ -25,6 +30,16 @@ def choose_style(page: Page, style_id: str) -> None:
 
 def portrait_sources(page: Page) -> list[str]:
     return page.locator("#results .result img.portrait").evaluate_all("images => images.map(image => image.src)")
+
+
+def generate_with_the_sample_face(page: Page, **controls: str) -> None:
+    page.click("#sample-face")
+    expect(page.locator("#image-preview")).to_be_visible()
+    choose_style(page, "film-noir")
+    for control, value in controls.items():
+        page.fill(f"#{control}", value)
+    page.select_option("#upscale", "1")
+    page.click("#generate")
 
 
 def test_the_studio_shows_the_live_styles(page: Page, screenshot, serve_url: str):
@@ -52,15 +67,9 @@ def test_a_style_is_picked_with_the_keyboard_and_prefills_its_defaults(page: Pag
 
 def test_generating_shows_the_progress_then_k_scored_portraits_with_their_masks(page: Page, screenshot):
     page.goto("/")
-    page.click("#sample-face")
-    expect(page.locator("#image-preview")).to_be_visible()
-    choose_style(page, "film-noir")
-    page.fill("#num_candidates", "3")
-    page.fill("#top_k", "2")
-    page.fill("#seed", "7")
-    page.select_option("#upscale", "1")
     page.evaluate(RECORD_STEPS)
-    page.click("#generate")
+    generate_with_the_sample_face(page, num_candidates="3", top_k="2", seed="7")
+    expect(page).to_have_url(JOB_URL)  # it went as a job
 
     results = page.locator("#results .result")
     expect(results).to_have_count(2, timeout=GENERATION_S * 1000)
@@ -69,6 +78,8 @@ def test_generating_shows_the_progress_then_k_scored_portraits_with_their_masks(
     total = page.evaluate("document.getElementById('step-bar').max")
     assert steps == sorted(steps) and len(set(steps)) > 2 and steps[-1] == total, steps
     expect(page.locator("#progress li.stage.done")).to_have_count(5)
+    expect(page.locator("#job-status")).to_have_text("Done.")
+    expect(page.locator("#cancel-job")).to_be_hidden()
     expect(page.locator("#result-summary")).to_contain_text("film-noir@1")
     expect(page.locator("#same-again")).to_have_text("Same again (seed 7)")
 
@@ -90,13 +101,83 @@ def test_generating_shows_the_progress_then_k_scored_portraits_with_their_masks(
     ).inner_text().removeprefix("seed ") + ".png"
     assert open(download.value.path(), "rb").read().startswith(b"\x89PNG")
 
-    # "Same again" repeats the request with the seed shown: the same portraits come back
-    first_run = portrait_sources(page)
+    # "Same again" repeats the request with the seed shown, as a new job: the same portraits come back
+    first_run, first_job = portrait_sources(page), page.url
     results.evaluate_all("cards => cards.forEach(card => card.dataset.previous = 'yes')")
     page.click("#same-again")
+    expect(page).not_to_have_url(first_job)
+    expect(page).to_have_url(JOB_URL)
     expect(page.locator("#results .result:not([data-previous])")).to_have_count(2, timeout=GENERATION_S * 1000)
     expect(page.locator("#seed")).to_have_value("7")
     assert portrait_sources(page) == first_run
+
+
+def test_another_tab_and_a_reload_at_the_jobs_url_show_the_same_job(page: Page, second_page: Page):
+    page.goto("/")
+    generate_with_the_sample_face(page, num_candidates="2", top_k="2", seed="11")
+    expect(page).to_have_url(JOB_URL)
+    second_page.goto(page.url)  # while the job runs, most likely: the tab replays its events so far, then live ones
+    for tab in (page, second_page):
+        expect(tab.locator("#results .result")).to_have_count(2, timeout=GENERATION_S * 1000)
+    assert portrait_sources(second_page) == portrait_sources(page)
+
+    first_run = portrait_sources(page)
+    page.reload()  # after the end: the finished job, its progress and its portraits
+    expect(page.locator("#results .result")).to_have_count(2)
+    expect(page.locator("#progress li.stage.done")).to_have_count(5)
+    expect(page.locator("#job-status")).to_have_text("Done.")
+    expect(page.locator("#generate")).to_be_enabled()
+    assert portrait_sources(page) == first_run
+
+
+def test_cancel_stops_a_running_job_and_the_page_says_so(page: Page, screenshot, serve_url: str, sample_face: bytes):
+    job = httpx.post(
+        f"{serve_url}/v1/jobs", files={"image": ("face.png", sample_face)}, data=LONG_JOB, timeout=60
+    ).json()
+    page.goto(f"/?job={job['id']}")  # as the studio that submitted it shows it after a reload
+    expect(page.locator("#step-label")).to_contain_text("step", timeout=60_000)  # it samples
+    expect(page.locator("#job-status")).to_have_text("Running.")
+    expect(page.locator("#generate")).to_be_disabled()
+    screenshot(page, "studio-job-running")
+    page.click("#cancel-job")
+    expect(page.locator("#job-status")).to_contain_text("Canceled", timeout=60_000)
+    expect(page.locator("#cancel-job")).to_be_hidden()
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#results-panel")).to_be_hidden()
+    assert httpx.get(f"{serve_url}/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_a_queued_job_shows_its_place_in_the_queue(page: Page):
+    """Stubbed answers: queueing for real takes more concurrent jobs than this machine runs in a test."""
+    places = iter([2, 1])
+    job = {"id": "a1b2c3", "status": "queued", "created_at": "2025-01-01T00:00:00Z", "started_at": None,
+           "finished_at": None, "expires_at": None, "progress": None, "result": None, "error": None, "webhook": None}
+
+    def answer_job(route: Route) -> None:
+        route.fulfill(json={**job, "queue_position": next(places, 1)})
+
+    page.route("**/v1/jobs/a1b2c3", answer_job)
+    # no event yet; "retry" keeps EventSource from asking again during the test
+    page.route("**/v1/jobs/a1b2c3/events", lambda route: route.fulfill(
+        content_type="text/event-stream", body="retry: 600000\n\n"))
+    page.goto("/?job=a1b2c3")
+    expect(page.locator("#job-status")).to_have_text("Waiting in the queue: number 2 in line.")
+    expect(page.locator("#job-status")).to_have_text("Waiting in the queue: number 1 in line.")
+    expect(page.locator("#cancel-job")).to_be_visible()
+
+
+def test_a_link_to_an_unknown_or_expired_job_says_so(page: Page):
+    page.goto("/?job=0123456789abcdef")
+    expect(page.locator("#form-error")).to_have_text("There is no such job: check the link, or generate new portraits.")
+    expect(page.locator("#progress")).to_be_hidden()
+    expect(page.locator("#generate")).to_be_enabled()
+
+    # past its retention the service answers 410 (after an hour here; stubbed)
+    page.route("**/v1/jobs/fedcba9876543210", lambda route: route.fulfill(status=410, json={"error": {
+        "code": "job_expired", "message": "job 'fedcba9876543210' finished longer ago than this service keeps jobs"}}))
+    page.goto("/?job=fedcba9876543210")
+    expect(page.locator("#form-error")).to_contain_text("its portraits have been deleted")
+    expect(page.locator("#progress")).to_be_hidden()
 
 
 def test_a_garbage_upload_shows_the_apis_message_next_to_the_image(page: Page, screenshot, serve_url: str):

@@ -99,8 +99,8 @@ def concurrently(requests: Iterable[Callable[[], Answer]], clients: int) -> list
         return list(pool.map(timed, requests))
 
 
-def replicas() -> dict[str, set[str]]:
-    """The live replica actors of each deployment of the app (a restarted replica has a new name)."""
+def replicas(app: str = APP) -> dict[str, set[str]]:
+    """The live replica actors of each deployment of ``app`` (a restarted replica has a new name)."""
     found: dict[str, set[str]] = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         prefix, _, rest = actor["name"].partition("::")
@@ -110,9 +110,9 @@ def replicas() -> dict[str, set[str]]:
     return found
 
 
-def kill_replica(deployment: str) -> str:
+def kill_replica(deployment: str, app: str = APP) -> str:
     """SIGKILL the process of one replica of ``deployment`` (as the OOM killer or a crash would); its name."""
-    name = sorted(replicas()[deployment])[0]
+    name = sorted(replicas(app)[deployment])[0]
     actor = ray.get_actor(name, namespace="serve")
     actor.__ray_call__.remote(lambda _: os.kill(os.getpid(), signal.SIGKILL))
     return name

@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -75,6 +77,22 @@ def test_a_job_runs_to_the_result_the_synchronous_call_gives(serve_url, sample_f
     assert resumed == events[-2:]
 
 
+def test_the_store_keeps_no_input_image_once_a_job_ended_and_its_portraits_in_the_results(
+    serve_url, sample_face, app_args
+):
+    done = waited(serve_url, submit(serve_url, sample_face, {**FIELDS, "seed": "21"}).headers["location"])
+    with sqlite3.connect(app_args["jobs_store"].removeprefix("sqlite:///")) as store:
+        image, result = store.execute("SELECT image, result FROM jobs WHERE id = ?", (done["id"],)).fetchone()
+    assert image is None
+    recorded, = json.loads(result)["images"]  # the record names the portrait's file, and holds no image
+    assert recorded["files"] == {"image_base64": "0.png"} and "image_base64" not in recorded
+    kept = sorted(path.name for path in (Path(app_args["job_results"]) / done["id"]).iterdir())
+    assert kept == ["0.png"]
+    assert (Path(app_args["job_results"]) / done["id"] / "0.png").read_bytes() == base64.b64decode(
+        done["result"]["images"][0]["image_base64"]
+    )
+
+
 def test_prefer_respond_async_on_the_synchronous_route_queues_a_job(serve_url, sample_face):
     response = httpx.post(f"{serve_url}/v1/portraits", files={"image": ("face.png", sample_face)},
                           data={**FIELDS, "seed": "19"}, headers={"prefer": "respond-async"}, timeout=60)
@@ -84,9 +102,9 @@ def test_prefer_respond_async_on_the_synchronous_route_queues_a_job(serve_url, s
 
 def test_one_idempotency_key_makes_one_job_even_when_submits_race(serve_url, sample_face):
     key = {"idempotency-key": f"race-{time.time()}"}
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda _: submit(serve_url, sample_face, {**FIELDS, "seed": "23"}, **key), range(20)))
-    assert sorted(a.status_code for a in answers) == [200] * 19 + [202]
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: submit(serve_url, sample_face, {**FIELDS, "seed": "23"}, **key), range(50)))
+    assert sorted(a.status_code for a in answers) == [200] * 49 + [202]
     assert len({a.json()["id"] for a in answers}) == 1
     other_body = submit(serve_url, sample_face, {**FIELDS, "seed": "24"}, **key)
     assert other_body.status_code == 422 and other_body.json()["error"]["code"] == "idempotency_key_reused"
@@ -109,6 +127,7 @@ def test_cancel_of_a_running_job_stops_its_stages(serve_url, metrics_url, sample
         assert len(steps) < 60, steps
         time.sleep(1)
         steps.append(metric_total(metrics_url, "ray_portrait_denoising_steps_total", stage="blend"))
+    assert metric_total(metrics_url, "ray_portrait_jobs_total", outcome="canceled") >= 1
     assert events_of(serve_url, job["id"])[-1][1] == "error"
     again = httpx.post(f"{serve_url}/v1/jobs/{job['id']}/cancel", timeout=30)
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"

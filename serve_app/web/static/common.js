@@ -1,5 +1,5 @@
-// Helpers shared by the studio and the curator console: DOM building, API calls, error display, SSE parsing and
-// formatting. API data only ever reaches the page as text nodes or attribute values, never as markup.
+// Helpers shared by the studio and the curator console: DOM building, API calls, error display and formatting.
+// API data only ever reaches the page as text nodes or attribute values, never as markup.
 
 /** An element with attributes (null, undefined and false are left out; true gives an empty attribute) and
  * children (nodes, or strings that become text nodes; null, undefined and false are skipped). */
@@ -18,7 +18,7 @@ export function errorBody(code, message) {
   return { error: { code, message } };
 }
 
-export function connectionError() {
+function connectionError() {
   return errorBody("network_error", "Could not reach Portrait Studio. Check your connection and try again.");
 }
 
@@ -34,7 +34,7 @@ export async function apiJSON(url, options = {}) {
 }
 
 /** Reads a fetched answer as `{ok, status, body}`; an answer that is not the expected JSON becomes an error. */
-export async function readResponse(response) {
+async function readResponse(response) {
   let body;
   try {
     body = JSON.parse(await response.text());
@@ -72,40 +72,6 @@ export function showErrors(root, body, general) {
     else lines.push(`${field}: ${fieldMessage}`);
   }
   general.replaceChildren(...lines.map((line) => el("p", {}, line)));
-}
-
-/** Reads a Server-Sent Events body, calling `onEvent(name, data)` with each event's parsed JSON data. */
-export async function readEvents(response, onEvent) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let pending = "";
-  for (;;) {
-    const { done, value } = await reader.read();
-    pending += decoder.decode(value, { stream: !done });
-    // A chunk may end between the "\r" and "\n" of a line break: hold a final "\r" back for the next chunk.
-    const end = !done && pending.endsWith("\r") ? pending.length - 1 : pending.length;
-    const blocks = pending.slice(0, end).replace(/\r\n?/g, "\n").split("\n\n");
-    pending = blocks.pop() + pending.slice(end);
-    if (done) blocks.push(pending);
-    for (const event of blocks.map(parseEvent)) {
-      if (event) onEvent(event.name, event.data);
-    }
-    if (done) return;
-  }
-}
-
-function parseEvent(block) {
-  let name = "message";
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon === -1 ? line : line.slice(0, colon);
-    const value = colon === -1 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "event") name = value;
-    else if (field === "data") data.push(value);
-  }
-  return data.length ? { name, data: JSON.parse(data.join("\n")) } : null;
 }
 
 export function pngDataURL(base64) {

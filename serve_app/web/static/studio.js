@@ -1,18 +1,7 @@
 // The studio page: choose a face image and a style, generate portraits while watching the progress, and compare
-// the results with their layout masks.
-import {
-  apiJSON,
-  clearErrors,
-  connectionError,
-  el,
-  errorBody,
-  formatScore,
-  pngDataURL,
-  readEvents,
-  readResponse,
-  rejectionText,
-  showErrors,
-} from "./common.js";
+// the results with their layout masks. Each generation is a job whose id goes into the page's URL (?job=<id>), so
+// a reload, a link or another tab shows the same job: its progress so far, then live, and its portraits.
+import { apiJSON, clearErrors, el, errorBody, formatScore, pngDataURL, rejectionText, showErrors } from "./common.js";
 
 const form = document.getElementById("portrait-form");
 const imageInput = document.getElementById("image-input");
@@ -28,6 +17,8 @@ const seedInput = document.getElementById("seed");
 const generateButton = document.getElementById("generate");
 const formError = document.getElementById("form-error");
 const progressPanel = document.getElementById("progress");
+const jobStatus = document.getElementById("job-status");
+const cancelButton = document.getElementById("cancel-job");
 const stepBar = document.getElementById("step-bar");
 const stepLabel = document.getElementById("step-label");
 const retryNote = document.getElementById("retry-note");
@@ -44,11 +35,30 @@ const acceptedTypes = new Set(imageInput.accept.split(","));
 const CONTROL_FIELDS = ["num_candidates", "top_k", "identity_weight", "t1", "seed", "upscale", "subject"];
 const MASK_TINT = [219, 39, 119];
 const MASK_OPACITY = 0.6;
+const JOB_PARAM = "job";
+const QUEUE_POLL_MS = 1000;
+const ACTIVE = new Set(["queued", "running"]);
+const STATUS_TEXT = {
+  queued: (job) => `Waiting in the queue: number ${job.queue_position} in line.`,
+  running: () => "Running.",
+  canceling: () => "Canceling…",
+  succeeded: () => "Done.",
+  failed: () => "Failed.",
+  canceled: () => "Canceled: this job was stopped before its portraits were ready.",
+  disconnected: () => "The connection to this job was lost. Reload the page to follow it again.",
+};
+// What a link to a job the service does not have (any more) means to the person who opened it.
+const JOB_GONE = {
+  job_not_found: "There is no such job: check the link, or generate new portraits.",
+  job_expired: "This job ended a while ago and its portraits have been deleted. Generate them again to see them.",
+};
 
 let chosenImage = null;
 let previewURL = null;
 let stylesById = new Map();
 let lastSeed = null;
+// The job the page shows: {id, source (its EventSource), job (its status as last shown), poll (timer while queued)}.
+let followed = null;
 
 // --- Face image ---
 
@@ -192,45 +202,128 @@ async function onGenerate(event) {
   clearErrors(form, formError);
   if (!readyToGenerate()) return;
   setRunning(true);
-  try {
-    const outcome = await generate(portraitForm());
-    if (outcome.ok) showResult(outcome.body);
-    else showErrors(form, outcome.body, formError);
-  } catch {
-    showErrors(form, connectionError(), formError);
-  } finally {
+  const answer = await apiJSON("/v1/jobs", { method: "POST", body: portraitForm() });
+  if (!answer.ok) {
+    showErrors(form, answer.body, formError);
     setRunning(false);
+    return;
   }
-}
-
-/** Posts the request and follows its event stream; `{ok, body}` with the portraits or the API's error. */
-async function generate(data) {
-  const response = await fetch("/v1/portraits", {
-    method: "POST",
-    headers: { Accept: "text/event-stream" },
-    body: data,
-  });
-  // A refused request is answered before any stream, as plain JSON.
-  if (!response.ok || !response.headers.get("Content-Type")?.startsWith("text/event-stream")) {
-    return readResponse(response);
-  }
-  let outcome = {
-    ok: false,
-    body: errorBody("stream_ended", "The connection closed before the portraits were ready. Please try again."),
-  };
-  await readEvents(response, (name, payload) => {
-    if (name === "result") outcome = { ok: true, body: payload };
-    else if (name === "error") outcome = { ok: false, body: payload };
-    else PROGRESS_EVENTS[name]?.(payload);
-  });
-  return outcome;
+  history.pushState(null, "", `?${new URLSearchParams({ [JOB_PARAM]: answer.body.id })}`);
+  follow(answer.body);
 }
 
 function setRunning(running) {
   generateButton.disabled = running;
   sameAgain.disabled = running;
   form.setAttribute("aria-busy", String(running));
-  if (running) resetProgress();
+}
+
+// --- Jobs ---
+
+function jobPath(id) {
+  return `/v1/jobs/${encodeURIComponent(id)}`;
+}
+
+function jobIdInURL() {
+  return new URLSearchParams(location.search).get(JOB_PARAM);
+}
+
+/** Shows the job the page's URL names, if any: on load (a reload, a link, another tab) and on Back or Forward. */
+async function showJobInURL() {
+  stopFollowing();
+  clearErrors(form, formError);
+  progressPanel.hidden = true;
+  resultsPanel.hidden = true;
+  const id = jobIdInURL();
+  setRunning(Boolean(id));
+  if (!id) return;
+  const answer = await apiJSON(jobPath(id));
+  if (jobIdInURL() !== id) return; // the URL changed while the job was asked for
+  if (answer.ok) {
+    follow(answer.body);
+  } else {
+    showErrors(form, jobProblem(answer.body), formError);
+    setRunning(false);
+  }
+  (answer.ok ? progressPanel : formError).scrollIntoView();
+}
+
+function jobProblem(body) {
+  const { code, message } = body.error;
+  return errorBody(code, JOB_GONE[code] ?? message);
+}
+
+/** Follows a job's events from its first (a reload or another tab replays them) to its outcome. */
+function follow(job) {
+  stopFollowing();
+  setRunning(true);
+  resetProgress();
+  const source = new EventSource(`${jobPath(job.id)}/events`);
+  followed = { id: job.id, source, job, poll: null };
+  showJob(job);
+  for (const [name, show] of Object.entries(PROGRESS_EVENTS)) {
+    source.addEventListener(name, (event) => {
+      if (followed.job.status === "queued") showJob({ status: "running" });
+      show(JSON.parse(event.data));
+    });
+  }
+  source.addEventListener("result", (event) => {
+    endJob("succeeded");
+    showResult(JSON.parse(event.data));
+  });
+  source.addEventListener("error", onJobError);
+}
+
+/** The job's own `error` event (its outcome), or EventSource's report of a broken connection. */
+function onJobError(event) {
+  if (event instanceof MessageEvent) {
+    const body = JSON.parse(event.data);
+    const canceled = body.error.code === "job_canceled";
+    endJob(canceled ? "canceled" : "failed");
+    if (!canceled) showErrors(form, body, formError);
+  } else if (event.target.readyState === EventSource.CLOSED) {
+    // EventSource reconnects by itself (resuming after the last event) unless the service refused the stream.
+    endJob("disconnected");
+  }
+}
+
+function endJob(status) {
+  showJob({ status });
+  stopFollowing();
+  setRunning(false);
+}
+
+function stopFollowing() {
+  if (!followed) return;
+  // The service ends the stream after the job's outcome; unless closed, EventSource would reconnect for more.
+  followed.source.close();
+  clearTimeout(followed.poll);
+  followed = null;
+}
+
+/** Shows a job's status; while it is queued, asks again for its place in the queue. */
+function showJob(job) {
+  clearTimeout(followed.poll);
+  followed.job = job;
+  jobStatus.textContent = STATUS_TEXT[job.status](job);
+  cancelButton.hidden = !ACTIVE.has(job.status);
+  if (job.status === "queued") followed.poll = setTimeout(refreshJob, QUEUE_POLL_MS);
+}
+
+async function refreshJob() {
+  const { id } = followed;
+  const answer = await apiJSON(jobPath(id));
+  // A cancel asked for meanwhile stays shown until the job's events say that it ended.
+  if (answer.ok && followed?.id === id && followed.job.status !== "canceling") showJob(answer.body);
+}
+
+async function cancelJob() {
+  const { id, job } = followed;
+  showJob({ status: "canceling" });
+  const answer = await apiJSON(`${jobPath(id)}/cancel`, { method: "POST" });
+  if (answer.ok || followed?.id !== id) return;
+  showErrors(form, answer.body, formError);
+  showJob(job);
 }
 
 // --- Progress ---
@@ -351,7 +444,10 @@ stylesBox.addEventListener("change", prefillFromStyle);
 identityWeight.addEventListener("input", showIdentityWeight);
 form.addEventListener("submit", onGenerate);
 sameAgain.addEventListener("click", generateSameAgain);
+cancelButton.addEventListener("click", cancelJob);
+window.addEventListener("popstate", showJobInURL);
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") loadStyles();
 });
 loadStyles();
+showJobInURL();
