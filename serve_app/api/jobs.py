@@ -125,7 +125,7 @@ async def get_job(job_id: str, request: Request, services: Studio) -> JobRespons
     wanted = WAIT.search(request.headers.get("prefer", ""))
     deadline = time.monotonic() + min(int(wanted.group(1)), MAX_WAIT_S) if wanted else 0.0
     while record.status not in FINISHED and time.monotonic() < deadline:
-        await services.runner.news()
+        await services.runner.news(job_id)
         record = await existing(store, job_id)
     return await job_response(store, services.results, record)
 
@@ -154,7 +154,7 @@ async def event_stream(services: Services, job_id: str, after: int) -> AsyncIter
         record = await store.get(job_id)
         if record is None or record.status == JobStatus.EXPIRED:
             return
-        await services.runner.news()
+        await services.runner.news(job_id)
 
 
 @router.post(

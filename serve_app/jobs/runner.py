@@ -79,21 +79,26 @@ class JobRunner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: set[asyncio.Task] = set()
         self._queued_here = asyncio.Event()
-        self._news = asyncio.Event()
+        self._news: dict[str | None, asyncio.Event] = {}
 
     def nudge(self) -> None:
         """A job was queued through this replica: look for work now, not at the next poll."""
         self._queued_here.set()
 
-    async def news(self) -> None:
-        """Until a job this replica runs records something (an event, its outcome), ``POLL_S`` at most: what
-        waiting on a job waits for between reads of the store (a job another replica runs is seen at the poll)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._news.wait(), POLL_S)
+    async def news(self, job_id: str | None = None) -> None:
+        """Until the job ``job_id``, if this replica runs it, records something (an event, its outcome) — for None,
+        until any job of this replica ends — and ``POLL_S`` at most: what waiting on a job waits for between reads
+        of the store (a job another replica runs is seen at the poll)."""
+        news = self._news.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(news.wait(), POLL_S)
+        except TimeoutError:  # nothing came; forget it, as a job another replica runs would never clear it
+            if self._news.get(job_id) is news:
+                del self._news[job_id]
 
-    def _announce(self) -> None:
-        self._news.set()
-        self._news = asyncio.Event()
+    def _announce(self, job_id: str | None) -> None:
+        if (news := self._news.pop(job_id, None)) is not None:
+            news.set()
 
     async def run_forever(self) -> None:
         """Take jobs while there is room, purge expired ones now and then; until cancelled."""
@@ -192,11 +197,12 @@ class JobRunner:
 
     async def _event(self, job_id: str, name: str, data: dict) -> None:
         await self.store.add_event(job_id, name, data)
-        self._announce()
+        self._announce(job_id)
 
     async def _finish(self, job_id: str, status: JobStatus, **outcome: dict) -> None:
         """Record the outcome, unless another replica took the job over meanwhile; then its webhook is sent."""
         if await self.store.finish(job_id, self.owner, status, time.time(), self.args.job_retention_s, **outcome):
             self.metrics.ended(status.value)
-            self._announce()
+            self._announce(job_id)
+            self._announce(None)
             self.webhooks.job_ended(await self.store.get(job_id))
