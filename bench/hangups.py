@@ -31,9 +31,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from serving import REPO, served, timed_post
+from serving import ORDINARY, REPO, served, timed_post
 
-STYLE = "xmas-sweater"
 
 
 def hang_up_sync(url: str, image: bytes, fields: dict, after_s: float) -> str:
@@ -108,7 +107,7 @@ def main() -> None:
     from serve_app.sample import sample_face
 
     image = sample_face()
-    ordinary = {"style": STYLE, "num_candidates": 2, "top_k": 1, "upscale": 2, "size": 128, "steps": 8, "seed": 1}
+    ordinary = ORDINARY
     heavy = ordinary | {"num_candidates": args.heavy_candidates, "size": args.heavy_size, "steps": args.heavy_steps}
     port = yaml.safe_load(args.config.read_text())["http_options"]["port"]
     ways = {

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from serving import REPO, served, summary, timed_post
+from serving import ORDINARY, REPO, served, summary, timed_post
 
-STYLE = "xmas-sweater"
 ENDED = ("succeeded", "failed", "canceled")
 Answer = httpx.Response | httpx.HTTPError
 """What a request got: a response, or the exception when none came."""
@@ -208,7 +207,7 @@ def main() -> None:
     from serve_app.sample import sample_face
 
     image = sample_face()
-    ordinary = {"style": STYLE, "num_candidates": 2, "top_k": 1, "upscale": 2, "size": 128, "steps": 8, "seed": 1}
+    ordinary = ORDINARY
     small = ordinary | {"num_candidates": 1, "upscale": 1, "size": 64, "steps": 6}
     long = ordinary | {"upscale": 1, "steps": args.long_steps}
     port = yaml.safe_load(args.config.read_text())["http_options"]["port"]

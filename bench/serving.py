@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+ORDINARY = {"style": "xmas-sweater", "num_candidates": 2, "top_k": 1, "upscale": 2, "size": 128, "steps": 8, "seed": 1}
+"""An ordinary request of the tiny profile: what the benchmarks of clients' behaviour measure the service by."""
 
 
 def timed_post(
