@@ -22,7 +22,7 @@ from serve_app.in_process import generate
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.portrait import PortraitPipeline
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 CANDIDATES = 4
 

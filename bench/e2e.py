@@ -85,7 +85,7 @@ def in_process_call(profile: str, compile_unet: bool, styles: Path, image: bytes
     from serve_app.in_process import generate
     from serve_app.pipeline.portrait import PortraitPipeline
     from serve_app.schemas import PortraitOptions
-    from serve_app.styles import StyleCatalog
+    from serve_app.styles.catalog import StyleCatalog
 
     pipeline = PortraitPipeline(load_models(ModelSettings(profile=profile, compile_unet=compile_unet)))
     style, options = StyleCatalog(styles).get(fields["style"]), PortraitOptions(**fields)

@@ -60,7 +60,8 @@ from serve_app.pipeline.models import Models
 from serve_app.pipeline.sampling import IDENTITY, SamplingPlan, decode_latents
 from serve_app.pipeline.settings import ModelSettings
 from serve_app.pipeline.upscale import upscale_portrait
-from serve_app.styles import Style, StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import Style
 
 METHODS = ("blend", "plain_ip_adapter", "naive_blend")
 STANDS_IN = {

@@ -65,7 +65,8 @@ from serve_app.pipeline.upscale import upscale_portrait
 from serve_app.portrait_request import portrait_request
 from serve_app.sample import sample_face
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import Style, StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import Style
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402 (after choosing the file-only backend)

@@ -38,7 +38,7 @@ def in_process_runner(image: bytes, style: str, torch_threads: int | None):
     from serve_app.pipeline.models import load_models
     from serve_app.pipeline.portrait import PortraitPipeline
     from serve_app.schemas import PortraitOptions
-    from serve_app.styles import StyleCatalog
+    from serve_app.styles.catalog import StyleCatalog
 
     torch.set_num_threads(torch_threads or os.cpu_count() or 1)
     pipeline = PortraitPipeline(load_models())

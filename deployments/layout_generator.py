@@ -25,7 +25,7 @@ from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
 from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from ray import serve
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
 from serve_app.pipeline.lora import StyleAdapters
-from serve_app.styles import Style, StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import Style
 
 
 class LoadedStyle:

@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from serve_app.pipeline.models import full_size, tiny
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 def write_demo_loras(directory: Path, profile: str = "tiny") -> list[Path]:

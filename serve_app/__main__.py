@@ -34,7 +34,9 @@ from serve_app.pipeline.models.weights import (
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.sample import sample_face
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
-from serve_app.styles import MANIFEST_FILE, Style, StyleCatalog, load_style_folder
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import Style, load_style_folder
+from serve_app.styles.manifest import MANIFEST_FILE
 
 DEFAULT_STYLES_DIR = Path("styles")
 

@@ -22,7 +22,8 @@ from deployments.upscaler import Upscaler
 from serve_app.ingress import PortraitIngress
 from serve_app.pipeline.models.weights import WeightsError, load_manifest, require_files
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog, StyleFolderError
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.manifest import StyleFolderError
 
 logger = logging.getLogger("ray.serve")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.portrait_request import portrait_request, resolve_seed
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import Style
+from serve_app.styles.folder import Style
 
 
 def generate(pipeline: PortraitPipeline, image: bytes, style: Style, options: PortraitOptions) -> PortraitRun:

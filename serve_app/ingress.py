@@ -20,7 +20,7 @@ from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import open_job_store
 from serve_app.jobs.webhooks import WebhookSender
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 class PortraitIngress:

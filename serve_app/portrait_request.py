@@ -7,7 +7,7 @@ import secrets
 
 from serve_app.pipeline.request import FacePrior, PortraitRequest, StyleLora
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import StyleManifest
+from serve_app.styles.manifest import StyleManifest
 
 
 def resolve_seed(options: PortraitOptions) -> int:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.styles import STYLE_REF_PATTERN
+from serve_app.styles.manifest import STYLE_REF_PATTERN
 
 MAX_CANDIDATES = 8
 

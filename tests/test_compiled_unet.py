@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 
 from serve_app.pipeline.lora import HotSwapAdapters, style_adapters
 from serve_app.pipeline.models import Models, ModelSettings
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 def test_swapping_styles_never_recompiles_the_unet(styles_dir):

@@ -12,7 +12,7 @@ from serve_app.pipeline.models.execution import onnx_providers, resolve_device, 
 from serve_app.in_process import generate
 from serve_app.pipeline.portrait import PortraitPipeline
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 def test_auto_picks_the_gpu_when_there_is_one_and_its_precision():

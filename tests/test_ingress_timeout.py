@@ -18,7 +18,7 @@ from serve_app.ingress import PortraitIngress
 from serve_app.portrait_request import portrait_request
 from serve_app.schemas import PortraitOptions
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 class StandInCall:

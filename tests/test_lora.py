@@ -8,7 +8,7 @@ from numerics import assert_tensors_close
 
 from serve_app.pipeline.lora import HotSwapAdapters, PerStyleAdapters, PinnedAdapters, adapter_name, style_adapters
 from serve_app.pipeline.sampling import SamplingPlan, encode_conditioning, guided_noise, initial_latents
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 def noise_of(pipe) -> torch.Tensor:

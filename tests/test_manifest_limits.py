@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app import styles
-from serve_app.styles import MAX_MANIFEST_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, StyleFolderError, parse_manifest
+from serve_app.styles import bounded_yaml
+from serve_app.styles.bounded_yaml import MAX_YAML_DEPTH, MAX_YAML_NODES
+from serve_app.styles.manifest import MAX_MANIFEST_BYTES, StyleFolderError, parse_manifest
 
 SHIPPED = Path(__file__).resolve().parents[1] / "styles"
 FILM_NOIR = (SHIPPED / "film-noir" / "style.yaml").read_bytes()
@@ -22,7 +23,7 @@ VALID = b"id: snow-globe\ntitle: Snow globe\nprompt_template: '{subject} in a sn
 def loader(request, monkeypatch):
     if request.param == "libyaml" and not hasattr(yaml, "CSafeLoader"):
         pytest.skip("PyYAML was built without libyaml")
-    monkeypatch.setattr(styles, "SAFE_LOADER", yaml.CSafeLoader if request.param == "libyaml" else yaml.SafeLoader)
+    monkeypatch.setattr(bounded_yaml, "SAFE_LOADER", yaml.CSafeLoader if request.param == "libyaml" else yaml.SafeLoader)
 
 
 def laughs(levels: int = 9, width: int = 9) -> bytes:

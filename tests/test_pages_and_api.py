@@ -31,7 +31,9 @@ from serve_app.pipeline.errors import NoFaceError, PortraitError, UnknownStyleEr
 from serve_app.pipeline.lora_validation import LoraSummary
 from serve_app.sample import sample_face
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog, StyleFolderError, checked_preview, parse_manifest, read_style
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import checked_preview, read_style
+from serve_app.styles.manifest import StyleFolderError, parse_manifest
 
 MIB = 1024 * 1024
 

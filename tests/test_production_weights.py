@@ -29,7 +29,7 @@ from serve_app.pipeline.models.weights import LOCK_FILE, WeightsError, check_fil
 from serve_app.in_process import generate
 from serve_app.pipeline.portrait import PortraitPipeline
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 
 @pytest.fixture(scope="session")

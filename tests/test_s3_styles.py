@@ -16,7 +16,9 @@ from conftest import free_port, png_bytes
 from curation import manifest_yaml
 from moto.server import ThreadedMotoServer
 
-from serve_app.styles import StyleCatalog, checked_preview, parse_manifest
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.folder import checked_preview
+from serve_app.styles.manifest import parse_manifest
 
 BUCKET = "portrait-styles"
 

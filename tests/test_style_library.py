@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from serve_app.pipeline.errors import StyleNotAvailableError, UnknownStyleError
-from serve_app.styles import MAX_MANIFEST_BYTES, StyleCatalog, StyleFolderError, StyleManifest
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.manifest import MAX_MANIFEST_BYTES, StyleFolderError, StyleManifest
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

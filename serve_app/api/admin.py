@@ -24,15 +24,14 @@ from serve_app.pipeline.errors import InvalidStyleError, PortraitError
 from serve_app.portrait_request import portrait_request
 from serve_app.sample import sample_face
 from serve_app.schemas import PortraitOptions, PortraitResponse, PublishedStyle, StylePatch, StylePreviewRequest
-from serve_app.styles import (
+from serve_app.styles.catalog import StyleStatus
+from serve_app.styles.folder import PreviewImage, checked_preview
+from serve_app.styles.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_PREVIEW_BYTES,
     STYLE_ID_PATTERN,
     StyleFolderError,
     StyleManifest,
-    StyleStatus,
-    PreviewImage,
-    checked_preview,
     parse_manifest,
 )
 

@@ -18,7 +18,7 @@ from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.webhooks import WebhookSender
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 ADMIN_TOKEN_ENV = "STUDIO_ADMIN_TOKEN"
 

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Path, Response
 from serve_app.api.dependencies import Catalog
 from serve_app.api.errors import documented
 from serve_app.schemas import StyleInfo
-from serve_app.styles import PREVIEW_MEDIA_TYPES, STYLE_REF_PATTERN, Style
+from serve_app.styles.folder import Style
+from serve_app.styles.manifest import PREVIEW_MEDIA_TYPES, STYLE_REF_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["styles"])
 StyleRef = Annotated[str, Path(pattern=STYLE_REF_PATTERN, description="style id, or id@version")]

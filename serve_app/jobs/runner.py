@@ -28,7 +28,7 @@ from serve_app.portrait_request import portrait_request
 from serve_app.portrait_response import portrait_response
 from serve_app.schemas import PortraitOptions
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 logger = logging.getLogger("ray.serve")
 

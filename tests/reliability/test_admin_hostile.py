@@ -29,7 +29,8 @@ from safetensors.torch import save
 
 from reliability_kit import FAST, post_declaring
 from serve_app.pipeline.models import tiny
-from serve_app.styles import MAX_MANIFEST_BYTES, StyleCatalog, StyleManifest
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.manifest import MAX_MANIFEST_BYTES, StyleManifest
 
 pytestmark = pytest.mark.usefixtures("serve_url")
 ADMIN_TIMEOUT = httpx.Timeout(30.0)
@@ -279,7 +280,8 @@ def test_hostile_style_names_on_the_public_api(serve_url, live_styles_dir, sampl
 # manifest: the version is claimed and its LoRA written, nothing is committed.
 KILLED_PUBLISH = """
 import os, signal, sys
-from serve_app.styles import StyleCatalog, StyleManifest
+from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.manifest import StyleManifest
 
 catalog = StyleCatalog(sys.argv[1])
 pipe_file = catalog.fs.pipe_file

@@ -30,7 +30,7 @@ from reliability_kit import APP, FAST, STAGES, Answer, concurrently, post_portra
 from serve_app.admission import request_cost
 from serve_app.portrait_request import portrait_request
 from serve_app.schemas import PortraitOptions
-from serve_app.styles import StyleCatalog
+from serve_app.styles.catalog import StyleCatalog
 
 pytestmark = pytest.mark.usefixtures("serve_url")
 STYLE = "xmas-sweater"
