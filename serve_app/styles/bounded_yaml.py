@@ -3,9 +3,7 @@ Python object is built: what a curator's upload may cost the service."""
 
 from __future__ import annotations
 
-
 import yaml
-
 
 MAX_YAML_DEPTH = 20  # a real manifest nests 2 deep
 MAX_YAML_NODES = 10_000  # with every alias expanded; a real manifest has about 40

@@ -127,7 +127,6 @@ class StyleManifest(BaseModel):
         return self.prompt_template.replace("{subject}", subject)
 
 
-
 class StyleFolderError(ValueError):
     """A style folder that cannot be used, with the reason."""
 
