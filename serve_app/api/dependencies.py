@@ -58,10 +58,6 @@ def admission(request: Request) -> Admission:
     return services(request).admission
 
 
-def jobs(request: Request) -> JobStore:
-    return services(request).jobs
-
-
 def require_admin(request: Request) -> None:
     """The bearer token of ``STUDIO_ADMIN_TOKEN``, compared in constant time; without it admin is off (404)."""
     expected = os.environ.get(ADMIN_TOKEN_ENV, "")
@@ -78,5 +74,4 @@ Settings = Annotated[PortraitAppArgs, Depends(settings)]
 Catalog = Annotated[StyleCatalog, Depends(catalog)]
 Graph = Annotated[StageGraph, Depends(graph)]
 Admitting = Annotated[Admission, Depends(admission)]
-Jobs = Annotated[JobStore, Depends(jobs)]
 Studio = Annotated[Services, Depends(services)]
