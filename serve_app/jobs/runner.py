@@ -23,6 +23,7 @@ from serve_app.graph import StageGraph
 from serve_app.jobs.records import JobRecord, JobStatus
 from serve_app.jobs.results import JobResults
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.tasks import TaskSet
 from serve_app.jobs.webhooks import WebhookSender
 from serve_app.portrait_request import portrait_request
 from serve_app.portrait_response import portrait_response
@@ -77,7 +78,7 @@ class JobRunner:
         self.store, self.results, self.webhooks, self.metrics = store, results, webhooks, metrics
         self.graph, self.admission, self.catalog, self.args = graph, admission, catalog, args
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._running: set[asyncio.Task] = set()
+        self._running = TaskSet()
         self._queued_here = asyncio.Event()
         self._news: dict[str | None, asyncio.Event] = {}
 
@@ -118,14 +119,10 @@ class JobRunner:
                     await asyncio.wait_for(self._queued_here.wait(), POLL_S)
                 self._queued_here.clear()
                 continue
-            task = asyncio.create_task(self.run(record))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running.start(self.run(record))
 
     async def stop(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await self._running.stop()
 
     async def _claim_if_room(self) -> JobRecord | None:
         if len(self._running) >= self.args.max_in_flight or not self.admission.has_room():

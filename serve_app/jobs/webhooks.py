@@ -30,6 +30,7 @@ from serve_app.jobs.documents import WEBHOOK_EVENT, job_response
 from serve_app.jobs.records import JobRecord
 from serve_app.jobs.results import JobResults
 from serve_app.jobs.store import JobStore
+from serve_app.jobs.tasks import TaskSet
 from serve_app.schemas import JobEnded
 from serve_app.settings import PortraitAppArgs
 
@@ -147,18 +148,14 @@ class WebhookSender:
         self, store: JobStore, results: JobResults, args: PortraitAppArgs, on_attempt: Callable[[str], None]
     ) -> None:
         self.store, self.results, self.args, self.on_attempt = store, results, args, on_attempt
-        self._deliveries: set[asyncio.Task] = set()
+        self._deliveries = TaskSet()
 
     def job_ended(self, record: JobRecord) -> None:
         if record.webhook is not None:
-            task = asyncio.create_task(self.deliver(record))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            self._deliveries.start(self.deliver(record))
 
     async def stop(self) -> None:
-        for task in list(self._deliveries):
-            task.cancel()
-        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await self._deliveries.stop()
 
     async def deliver(self, record: JobRecord) -> None:
         """Attempts until one is final or the retries run out, each recorded on the job."""
