@@ -26,7 +26,7 @@ from serve_app.pipeline.sampling import schedule_groups
 from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.store import StyleStore
 
 
 class BlendSampler:
@@ -40,7 +40,7 @@ class BlendSampler:
         self.pipe = load_models(args.model_settings()).diffusion
         self.metrics = StageMetrics(Stage.BLEND)
         self.styles = StyleCache(
-            style_adapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
+            style_adapters(self.pipe), StyleStore(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
         )
         self.sample_batch.set_max_batch_size(args.max_batch_size)
         self.sample_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)

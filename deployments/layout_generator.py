@@ -25,7 +25,7 @@ from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
 from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.settings import PortraitAppArgs
-from serve_app.styles.catalog import StyleCatalog
+from serve_app.styles.store import StyleStore
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LayoutGenerator:
         self.pipe, self.faces = models.diffusion, models.faces
         self.metrics = StageMetrics(Stage.LAYOUT)
         self.styles = StyleCache(
-            style_adapters(self.pipe), StyleCatalog(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
+            style_adapters(self.pipe), StyleStore(args.styles_dir), args.lora_cache_size, self.metrics, self.compute
         )
         self.lora_limits = LoraLimits(max_bytes=args.max_lora_bytes, max_rank=args.max_lora_rank)
         self.generate_batch.set_max_batch_size(args.max_batch_size)

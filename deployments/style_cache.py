@@ -16,8 +16,8 @@ from ray import serve
 from deployments.metrics import StageMetrics
 from deployments.replica import ComputeThread
 from serve_app.pipeline.lora import StyleAdapters
-from serve_app.styles.catalog import StyleCatalog
 from serve_app.styles.folder import Style
+from serve_app.styles.store import StyleStore
 
 
 class LoadedStyle:
@@ -37,15 +37,15 @@ class LoadedStyle:
 
 class StyleCache:
     def __init__(
-        self, adapters: StyleAdapters, catalog: StyleCatalog, size: int, metrics: StageMetrics, compute: ComputeThread
+        self, adapters: StyleAdapters, store: StyleStore, size: int, metrics: StageMetrics, compute: ComputeThread
     ) -> None:
         self.adapters = adapters
-        self.catalog = catalog
+        self.store = store
         self.metrics = metrics
         self._run_lock = asyncio.Lock()
 
         async def load(versioned_id: str) -> LoadedStyle:
-            style = self.catalog.version(versioned_id)  # the ingress already checked it may be used
+            style = self.store.version(versioned_id)  # the ingress already checked it may be used
             await compute.run(self.adapters.load, style.versioned_id, style.read_lora)
             return LoadedStyle(self.adapters, style)
 

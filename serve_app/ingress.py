@@ -41,7 +41,8 @@ class PortraitIngress:
     ) -> None:
         log_documented_errors_once()
         handles = StageHandles(preprocessor, layout_generator, blend_sampler, fusion_ranker, upscaler)
-        catalog, graph = StyleCatalog(args.styles_dir), StageGraph(handles, args.request_timeout_s)
+        catalog = StyleCatalog(args.styles_dir, refresh_s=args.styles_refresh_s, max_stale_s=args.styles_max_stale_s)
+        graph = StageGraph(handles, args.request_timeout_s)
         admission = Admission(args.max_in_flight, args.max_cost_in_flight, args.max_request_cost, InFlightGauges().set)
         jobs, results = open_job_store(args.jobs_store), JobResults(args.job_results)
         job_metrics = JobMetrics()

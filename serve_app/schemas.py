@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.styles.manifest import STYLE_REF_PATTERN
+from serve_app.styles.manifest import STYLE_REF_PATTERN, StrictAwareDatetime
 
 MAX_CANDIDATES = 8
 
@@ -159,8 +159,8 @@ class StylePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    available_from: AwareDatetime | None = None
-    available_until: AwareDatetime | None = None
+    available_from: StrictAwareDatetime | None = None
+    available_until: StrictAwareDatetime | None = None
     default_version: int | None = Field(None, ge=1)
 
 

@@ -16,6 +16,14 @@ class PortraitAppArgs(ModelSettings):
     styles_dir: str = Field(
         "styles", description="the style library: a local folder (relative to the working dir) or an fsspec URL"
     )
+    styles_refresh_s: float = Field(
+        0.5, gt=0.0, le=60.0, description="how often each ingress replica looks for changes to the style library (one "
+        "listing of its change markers): a change made anywhere is seen everywhere within this plus one refresh"
+    )
+    styles_max_stale_s: float = Field(
+        600.0, gt=0.0, description="while the style library's storage is unreachable, portraits in the styles already "
+        "known are served for this long from the last good view; then 503 store_unavailable"
+    )
     lora_cache_size: int = Field(4, ge=1, le=64, description="style LoRAs each diffusion replica keeps loaded")
     max_batch_size: int = Field(4, ge=1, le=64, description="requests batched together in a diffusion stage")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="how long a batch waits to fill")

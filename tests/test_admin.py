@@ -94,6 +94,24 @@ def test_schedule_window_through_patch(serve_url, sample_face, lora):
     assert missing.status_code == 404
 
 
+def test_duplicate_keys_and_unix_times_are_refused_by_name(serve_url):
+    duplicate = publish(serve_url, manifest_yaml("bad-one") + b"title: Again\n", b"never read")
+    error = duplicate.json()["error"]
+    assert (duplicate.status_code, error["code"]) == (422, "invalid_style")
+    assert error["fields"] == [{"field": "manifest", "message": "manifest: duplicate key 'title' (line 4)"}]
+    numeric = publish(serve_url, manifest_yaml("bad-one", available_from=0), b"never read")
+    error = numeric.json()["error"]
+    assert (numeric.status_code, error["code"]) == (422, "invalid_style")
+    assert [field["field"] for field in error["fields"]] == ["manifest.available_from"]
+    assert "RFC 3339" in error["fields"][0]["message"]
+    for value in (0, 1700000000.5, "0", "1700000000"):
+        patched = httpx.patch(f"{serve_url}/admin/styles/film-noir", json={"available_until": value}, headers=AUTH)
+        error = patched.json()["error"]
+        assert (patched.status_code, error["code"]) == (422, "invalid_parameter"), value
+        assert error["message"].startswith("available_until: Input should be an RFC 3339 date-time"), value
+        assert [field["field"] for field in error["fields"]] == ["available_until"]
+
+
 # Each refused upload: what is sent, and the field its 422 names (the LoRA's are refused on a layout replica).
 REFUSED = {
     "pickle": lambda lora: (manifest_yaml("bad-one"), pickle.dumps({"weights": [1, 2]}), "lora.safetensors"),

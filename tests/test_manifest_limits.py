@@ -4,14 +4,17 @@ whatever the bytes, the only error is a StyleFolderError naming the problem: wit
 from __future__ import annotations
 
 import random
+import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from serve_app.styles import bounded_yaml
-from serve_app.styles.bounded_yaml import MAX_YAML_DEPTH, MAX_YAML_NODES
+from serve_app.styles.bounded_yaml import MAX_YAML_DEPTH, MAX_YAML_NODES, load_mapping
+from serve_app.styles.catalog import StyleCatalog
 from serve_app.styles.manifest import MAX_MANIFEST_BYTES, StyleFolderError, parse_manifest
 
 SHIPPED = Path(__file__).resolve().parents[1] / "styles"
@@ -80,7 +83,17 @@ REFUSED = {
     "id leaving the library": (VALID.replace(b"snow-globe", b"../x"), "id"),
     "LoRA file leaving the folder": (VALID + b"lora: {file: ../x.safetensors}", "plain '.safetensors' file name"),
     "preview leaving the folder": (VALID + b"preview: ../../etc/passwd", "preview"),
-    "prompt field reaching an attribute": (VALID + b"negative_prompt: x\nprompt_template: '{subject.__class__}'", "placeholder"),
+    "prompt field reaching an attribute": (VALID.replace(b"'{subject}", b"'{subject} {subject.__class__}"), "placeholder"),
+    "duplicate key": (VALID + b"prompt_template: '{subject}'\n", r"duplicate key 'prompt_template' \(line 4\)"),
+    "duplicate key quoted": (VALID + b"'title': Again\n", "duplicate key 'title'"),
+    "duplicate nested key": (VALID + b"lora: {scale: 1.0, scale: 2.0}", r"duplicate key 'scale' \(line 4\)"),
+    "duplicate key in a list": (VALID + b"tags:\n  - {a: 1,\n     a: 2}", r"duplicate key 'a' \(line 6\)"),
+    "duplicate key beside a merge": (VALID + b"defaults: {<<: {steps: 20}, size: 64, size: 72}", "key 'size'"),
+    "window a number": (VALID + b"available_from: 0", "available_from\n  Input should be an RFC 3339 date-time"),
+    "window a float": (VALID + b"available_until: 1700000000.5", "available_until\n  Input should be an RFC 3339"),
+    "window a string of digits": (VALID + b"available_from: '1700000000'", "available_from\n  Input should be an RFC"),
+    "window a date": (VALID + b"available_until: 2026-12-24", "available_until\n  Input should be an RFC 3339"),
+    "window without seconds": (VALID + b"available_from: '2026-12-24T00:00Z'", "available_from\n  Input should be"),
 }
 
 
@@ -101,6 +114,30 @@ def test_limits_leave_real_manifests_alone():
     assert parse_manifest(b"\xef\xbb\xbf" + reused, "bom").negative_prompt == "cold"
     deepest = VALID + b"lora: " + b"{file: lora.safetensors, scale: 0.5}"
     assert parse_manifest(deepest, "lora").lora.scale == 0.5
+
+
+def test_a_key_overriding_a_merged_one_is_no_duplicate():
+    merged = parse_manifest(VALID + b"defaults: {<<: {steps: 20, size: 256}, steps: 30}", "merge")
+    assert (merged.defaults.steps, merged.defaults.size) == (30, 256)
+    aliased = load_mapping(b"base: &b {a: 1, b: 2}\nother:\n  <<: *b\n  a: 3\n", MAX_MANIFEST_BYTES)
+    assert aliased["other"] == {"a": 3, "b": 2}
+
+
+TIMESTAMPS = ["2026-12-24T01:00:00+01:00", "2026-12-24 01:00:00 +1", "'2026-12-24T01:00:00+01:00'",
+              "'2026-12-24t00:00:00z'", "'2026-12-24T00:00:00.000Z'"]
+
+
+@pytest.mark.parametrize("written", TIMESTAMPS)
+def test_windows_are_yaml_timestamps_or_rfc3339_strings(written):
+    manifest = parse_manifest(VALID + f"available_from: {written}\n".encode(), "window")
+    assert manifest.available_from == datetime(2026, 12, 24, tzinfo=UTC)
+
+
+def test_a_stored_manifest_with_a_duplicate_key_fails_the_catalogue_read(tmp_path):
+    shutil.copytree(SHIPPED / "film-noir", tmp_path / "film-noir")
+    (tmp_path / "film-noir" / "style.yaml").write_bytes(FILM_NOIR + b"tags: [duplicate]\n")
+    with pytest.raises(StyleFolderError, match=r"film-noir/style.yaml: duplicate key 'tags' \(line 11\)"):
+        StyleCatalog(tmp_path)
 
 
 def mutations(seed: int, count: int) -> list[bytes]:

@@ -12,9 +12,9 @@ import boto3
 import fsspec
 import numpy as np
 import pytest
-from conftest import free_port, png_bytes
+from conftest import png_bytes
 from curation import manifest_yaml
-from moto.server import ThreadedMotoServer
+from s3_server import s3_server
 
 from serve_app.styles.catalog import StyleCatalog
 from serve_app.styles.folder import checked_preview
@@ -25,19 +25,8 @@ BUCKET = "portrait-styles"
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            patch.setenv(name, "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-        try:
-            yield endpoint
-        finally:
-            server.stop()
+    with s3_server(BUCKET) as server:
+        yield f"http://127.0.0.1:{server._port}"
 
 
 @pytest.fixture
@@ -55,8 +44,21 @@ def test_the_shipped_styles_read_from_s3_as_from_disk(library: str, styles_dir: 
     assert catalog.get("film-noir").read_lora() == (styles_dir / "film-noir" / "lora.safetensors").read_bytes()
 
 
-def test_what_another_replica_published_is_seen_at_once(library: str, s3_endpoint: str, styles_dir: Path):
-    catalog = StyleCatalog(library)  # lists the library: an object store's listing cache would keep what it saw
+def test_what_another_replica_published_is_seen_at_its_next_refresh(library: str, styles_dir: Path):
+    catalog, other = StyleCatalog(library), StyleCatalog(library)
+    lora = (styles_dir / "film-noir" / "lora.safetensors").read_bytes()
+    other.publish(parse_manifest(manifest_yaml("night-train"), "m"), lora)  # a new style
+    other.publish(parse_manifest(manifest_yaml("film-noir"), "m"), lora)  # a new version of a listed one
+    other.update_state("xmas-sweater", retired=True)
+    assert catalog.get("film-noir").versioned_id == "film-noir@1"  # requests read the view: no storage
+    catalog.view.refresh()  # one listing of the change markers, then the three styles that changed
+    assert "night-train@1" in [style.versioned_id for style in catalog.list()]
+    assert catalog.get("film-noir").versioned_id == "film-noir@2"
+    assert catalog.status("xmas-sweater").status == "retired"
+
+
+def test_a_folder_copied_in_without_the_catalogue_is_seen_at_the_rescan(library: str, s3_endpoint: str, styles_dir: Path):
+    catalog = StyleCatalog(library)
     prefix = library.removeprefix(f"s3://{BUCKET}/")
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     lora = (styles_dir / "film-noir" / "lora.safetensors").read_bytes()
@@ -64,8 +66,11 @@ def test_what_another_replica_published_is_seen_at_once(library: str, s3_endpoin
                              ("film-noir/2", manifest_yaml("film-noir", version=2))):
         client.put_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/lora.safetensors", Body=lora)
         client.put_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/style.yaml", Body=manifest)
-    assert "night-train@1" in [style.versioned_id for style in catalog.list()]  # a new style
-    assert catalog.get("film-noir").versioned_id == "film-noir@2"  # a new version of a listed one
+    catalog.view.refresh()
+    assert "night-train" not in catalog.ids()  # no change marker was written
+    catalog.view.rescan()
+    assert "night-train@1" in [style.versioned_id for style in catalog.list()]
+    assert catalog.get("film-noir").versioned_id == "film-noir@2"
 
 
 def test_publishing_on_s3_stores_the_lora_and_preview_and_state_changes_apply(library: str):

@@ -56,7 +56,7 @@ def test_publish_creates_versions_and_pins(library, styles_dir):
     assert catalog.get("snow-globe").versioned_id == "snow-globe@2"
     assert catalog.get("snow-globe@1").manifest.negative_prompt == ""
     assert len(second.manifest.lora.sha256) == 64
-    stored = yaml.safe_load(catalog.fs.cat_file(f"{catalog.root}/snow-globe/2/style.yaml"))
+    stored = yaml.safe_load(catalog.store.fs.cat_file(f"{catalog.store.root}/snow-globe/2/style.yaml"))
     assert stored["version"] == 2 and stored["lora"]["sha256"] == second.manifest.lora.sha256
     # a shipped folder's manifest version counts: the next film-noir is 2
     assert catalog.publish(manifest("film-noir"), lora_bytes(styles_dir)).versioned_id == "film-noir@2"
@@ -107,7 +107,7 @@ def test_ten_concurrent_publishes_give_ten_intact_versions(library, styles_dir):
     assert sorted(versions) == list(range(1, 11))
     assert {v.manifest.description for v in versions.values()} == {f"take {i}" for i in range(10)}
     assert all(v.read_lora() == data for v in versions.values())
-    files = [path.rsplit("/", 1)[-1] for path in catalog.fs.find(f"{catalog.root}/snow-globe")]
+    files = [path.rsplit("/", 1)[-1] for path in catalog.store.fs.find(f"{catalog.store.root}/snow-globe")]
     assert sorted(set(files)) == [".claim", "lora.safetensors", "style.yaml"]  # no temporary files left
 
 
@@ -168,7 +168,7 @@ def hostile_calls(catalog: StyleCatalog, name: str) -> dict:
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_names_never_reach_storage(library, name):
     catalog, _ = library
-    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    catalog.store.fs = recording = RecordingFileSystem(catalog.store.fs)
     for method, call in hostile_calls(catalog, name).items():
         with pytest.raises(UnknownStyleError):
             call()
@@ -177,7 +177,7 @@ def test_hostile_names_never_reach_storage(library, name):
 
 def test_a_pin_is_no_id(library):
     catalog, _ = library
-    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    catalog.store.fs = recording = RecordingFileSystem(catalog.store.fs)
     for method in ("versions", "state", "status", "update_state", "publish"):
         with pytest.raises(UnknownStyleError):
             hostile_calls(catalog, "film-noir@1")[method]()
@@ -187,20 +187,25 @@ def test_a_pin_is_no_id(library):
 
 @pytest.mark.parametrize("ref", ["no-such-style", "no-such-style@1", "film-noir@7", "film-noir@999999999"])
 def test_unknown_names_are_looked_up_inside_the_library_only(library, ref):
+    """A request's style is answered from the view, without storage; a version the view lacks (a job another
+    replica accepted) is looked up in storage, inside the library."""
     catalog, _ = library
-    catalog.fs = recording = RecordingFileSystem(catalog.fs)
+    catalog.store.fs = recording = RecordingFileSystem(catalog.store.fs)
     with pytest.raises(UnknownStyleError):
         catalog.get(ref)
-    assert recording.paths and all(path == catalog.root or path.startswith(f"{catalog.root}/") for path in recording.paths)
+    assert recording.paths == []
+    with pytest.raises(UnknownStyleError):
+        catalog.version(ref if "@" in ref else f"{ref}@1")
+    assert recording.paths and all(path == catalog.store.root or path.startswith(f"{catalog.store.root}/") for path in recording.paths)
     assert not any(part in ("", ".", "..") for path in recording.paths for part in path.split("/")[1:])
 
 
 def test_folders_that_only_look_like_styles_or_versions_are_ignored(library):
     catalog, _ = library
-    shipped = catalog.fs.cat_file(f"{catalog.root}/film-noir/style.yaml")
+    shipped = catalog.store.fs.cat_file(f"{catalog.store.root}/film-noir/style.yaml")
     for folder in ["Film-Noir", ".film-noir", "film-noir/01", "film-noir/0", "film-noir/\u0661", "film-noir/\u00b2"]:
-        catalog.fs.makedirs(f"{catalog.root}/{folder}", exist_ok=True)
-        catalog.fs.pipe_file(f"{catalog.root}/{folder}/style.yaml", shipped)
+        catalog.store.fs.makedirs(f"{catalog.store.root}/{folder}", exist_ok=True)
+        catalog.store.fs.pipe_file(f"{catalog.store.root}/{folder}/style.yaml", shipped)
     assert catalog.ids() == ["film-noir", "summer-beach", "xmas-sweater"]
     assert list(catalog.versions("film-noir")) == [1]
     assert StyleCatalog(catalog.location).publish(manifest("film-noir"), b"x").versioned_id == "film-noir@2"
@@ -208,6 +213,6 @@ def test_folders_that_only_look_like_styles_or_versions_are_ignored(library):
 
 def test_an_oversize_library_manifest_is_refused_unread(library):
     catalog, _ = library
-    catalog.fs.pipe_file(f"{catalog.root}/film-noir/style.yaml", b"# padding\n" * (MAX_MANIFEST_BYTES // 10 + 1))
+    catalog.store.fs.pipe_file(f"{catalog.store.root}/film-noir/style.yaml", b"# padding\n" * (MAX_MANIFEST_BYTES // 10 + 1))
     with pytest.raises(StyleFolderError, match="over the limit"):
-        catalog.versions("film-noir")
+        StyleCatalog(catalog.location)  # a broken library fails at start-up

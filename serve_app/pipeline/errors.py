@@ -120,3 +120,11 @@ class InvalidLoraError(InvalidStyleError):
     """A style upload whose LoRA file cannot be used."""
 
     field = "lora"
+
+
+class StyleStoreUnavailableError(PortraitError):
+    """The style library's storage could not be reached: nothing was changed; styles already known keep serving."""
+
+    code = "store_unavailable"
+    http_status = 503
+    retry_after_s = 10

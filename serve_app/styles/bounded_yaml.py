@@ -1,5 +1,5 @@
-"""YAML read within limits (size, nesting depth, nodes with every alias expanded, no tags), refused before any
-Python object is built: what a curator's upload may cost the service."""
+"""YAML read within limits (size, nesting depth, nodes with every alias expanded, no tags, no duplicate keys),
+refused before any Python object is built: what a curator's upload may cost the service."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ MAX_YAML_NODES = 10_000  # with every alias expanded; a real manifest has about 
 # libyaml's parser when PyYAML has it: the pure-Python scanner costs about 0.1 ms a node, so a manifest at the node
 # limit would hold the ingress's GIL for a second or more.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _check_events(text: str) -> None:
@@ -33,6 +34,18 @@ def _check_events(text: str) -> None:
             raise ValueError(f"more than {MAX_YAML_NODES} YAML nodes")
 
 
+def _check_unique_keys(node: yaml.MappingNode) -> None:
+    """PyYAML would keep the last of two equal keys. Only the keys written in this mapping are compared: a key that
+    overrides one brought in by a merge (``<<: *base``) is YAML's way to override, and ``<<`` is no field."""
+    seen: set[tuple[str, str]] = set()
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == MERGE_TAG:
+            continue
+        if (key.tag, key.value) in seen:
+            raise ValueError(f"duplicate key {key.value!r} (line {key.start_mark.line + 1})")
+        seen.add((key.tag, key.value))
+
+
 def _expanded(node: yaml.Node, done: dict[int, tuple[int, int]], open_nodes: set[int]) -> tuple[int, int]:
     """(node count, depth) of ``node`` with every alias expanded, memoised per node so that a "billion laughs"
     costs its size in the document, not its expansion. Aliases only point back in the document, so this recursion
@@ -43,6 +56,7 @@ def _expanded(node: yaml.Node, done: dict[int, tuple[int, int]], open_nodes: set
         raise ValueError("a YAML alias refers to a node that contains it (recursive alias)")
     open_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
+        _check_unique_keys(node)
         children = [child for pair in node.value for child in pair]
     else:
         children = node.value if isinstance(node, yaml.SequenceNode) else []
@@ -60,7 +74,7 @@ def _expanded(node: yaml.Node, done: dict[int, tuple[int, int]], open_nodes: set
 
 def load_mapping(data: bytes, max_bytes: int) -> dict[str, object]:
     """The YAML mapping in ``data``, refused (ValueError or YAMLError) past ``max_bytes``, the depth and the
-    expansion limits before any Python object is built from it."""
+    expansion limits, or with a duplicate key, before any Python object is built from it."""
     if len(data) > max_bytes:
         raise ValueError(f"over the limit of {max_bytes} bytes")
     try:

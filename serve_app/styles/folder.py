@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +13,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from serve_app.pipeline.errors import NoPreviewError
+from serve_app.pipeline.errors import NoPreviewError, StyleStoreUnavailableError
 from serve_app.styles.manifest import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
@@ -22,6 +25,25 @@ from serve_app.styles.manifest import (
     StyleManifest,
     parse_manifest,
 )
+
+
+def _unreachable(error: Exception) -> bool:
+    """Whether ``error`` says the storage could not be reached (not that a file is missing or exists)."""
+    if isinstance(error, (FileNotFoundError, FileExistsError)):
+        return False
+    botocore = sys.modules.get("botocore.exceptions")  # s3fs's own connection errors are not OSErrors
+    return isinstance(error, OSError | TimeoutError) or (botocore is not None and isinstance(error, botocore.BotoCoreError))
+
+
+@contextmanager
+def store_errors(action: str) -> Iterator[None]:
+    """Storage that cannot be reached during ``action`` raises StyleStoreUnavailableError (a JSON 503)."""
+    try:
+        yield
+    except Exception as error:
+        if not _unreachable(error):
+            raise
+        raise StyleStoreUnavailableError(f"the style library's storage is unreachable ({action})") from error
 
 
 @dataclass(frozen=True)
@@ -37,7 +59,8 @@ class Style:
         return self.manifest.versioned_id
 
     def read_lora(self) -> bytes:
-        return self.fs.cat_file(self.lora_url)
+        with store_errors(f"reading the LoRA of {self.versioned_id}"):
+            return self.fs.cat_file(self.lora_url)
 
     def read_preview(self) -> tuple[bytes, str]:
         """The preview image and its media type."""
@@ -45,20 +68,24 @@ class Style:
         if name is None:
             raise NoPreviewError(f"style {self.versioned_id} has no preview image")
         folder = self.lora_url.rsplit("/", 1)[0]
-        return self.fs.cat_file(f"{folder}/{name}"), PREVIEW_MEDIA_TYPES[Path(name).suffix.lower()]
+        with store_errors(f"reading the preview of {self.versioned_id}"):
+            return self.fs.cat_file(f"{folder}/{name}"), PREVIEW_MEDIA_TYPES[Path(name).suffix.lower()]
 
 
-def read_style(fs: AbstractFileSystem, folder: str, require_lora: bool = True) -> Style:
-    """Read and validate one style folder (``style.yaml`` and the LoRA it names) on ``fs``."""
+def read_style(
+    fs: AbstractFileSystem, folder: str, require_lora: bool = True, files: Collection[str] | None = None
+) -> Style:
+    """Read and validate one style folder (``style.yaml`` and the LoRA it names) on ``fs``; ``files``: the paths
+    a listing found there, so that no file is asked for on its own (a round trip each on an object store)."""
+    exists = fs.isfile if files is None else files.__contains__
     manifest_url = f"{folder}/{MANIFEST_FILE}"
-    if not fs.isfile(manifest_url):
+    if not exists(manifest_url):
         raise StyleFolderError(f"{folder}: no {MANIFEST_FILE}")
-    with fs.open(manifest_url, "rb") as file:
-        manifest = parse_manifest(file.read(MAX_MANIFEST_BYTES + 1), manifest_url)
+    manifest = parse_manifest(fs.cat_file(manifest_url, start=0, end=MAX_MANIFEST_BYTES + 1), manifest_url)
     lora_url = f"{folder}/{manifest.lora.file}"
-    if require_lora and not fs.isfile(lora_url):
+    if require_lora and not exists(lora_url):
         raise StyleFolderError(f"{folder}: LoRA file {manifest.lora.file!r} is missing")
-    if manifest.preview is not None and not fs.isfile(f"{folder}/{manifest.preview}"):
+    if manifest.preview is not None and not exists(f"{folder}/{manifest.preview}"):
         raise StyleFolderError(f"{folder}: preview image {manifest.preview!r} is missing")
     return Style(manifest=manifest, fs=fs, lora_url=lora_url)
 

@@ -4,10 +4,13 @@ its parsing from bytes within the bounded-YAML limits."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from serve_app.styles.bounded_yaml import load_mapping
 
@@ -30,6 +33,22 @@ PREVIEW_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "imag
 PREVIEW_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}
 MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 MAX_PREVIEW_PIXELS = 2048 * 2048
+# RFC 3339's date-time (offset required), which the OpenAPI "date-time" documents.
+RFC3339_DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+
+
+def _date_time_text(value: object) -> object:
+    """Pydantic alone would also read a number or a string of digits as a Unix time (``0`` as 1970-01-01). A
+    datetime passes: YAML reads an unquoted timestamp as one."""
+    if isinstance(value, datetime) or (isinstance(value, str) and re.fullmatch(RFC3339_DATE_TIME, value)):
+        return value
+    raise PydanticCustomError(
+        "date_time_format", "Input should be an RFC 3339 date-time with a timezone, such as 2026-12-24T00:00:00Z"
+    )
+
+
+# A timezone-aware date-time from a client: an RFC 3339 string or a YAML timestamp, never a number.
+StrictAwareDatetime = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
 
 class PriorFaceMask(BaseModel):
@@ -91,8 +110,8 @@ class StyleManifest(BaseModel):
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     prior_face_mask: PriorFaceMask = Field(default_factory=PriorFaceMask)
     tags: list[str] = Field(default_factory=list)
-    available_from: AwareDatetime | None = Field(None, description="live from (timezone-aware); none: always")
-    available_until: AwareDatetime | None = Field(None, description="live until (timezone-aware); none: always")
+    available_from: StrictAwareDatetime | None = Field(None, description="live from (timezone-aware); none: always")
+    available_until: StrictAwareDatetime | None = Field(None, description="live until (timezone-aware); none: always")
     preview: str | None = Field(
         None, pattern=FILE_NAME_PATTERN, description="optional preview image (PNG, JPEG or WebP) in the style folder"
     )

@@ -128,6 +128,8 @@ REFUSED_UPLOADS = {
     "manifest with a python tag": with_manifest(b"!!python/object/apply:os.system ['touch /tmp/owned']"),
     "manifest with integer keys": with_manifest(manifest_yaml(HOSTILE) + b"1: one\n"),
     "manifest with a huge integer": with_manifest(manifest_yaml(HOSTILE) + b"version: " + b"9" * 5000 + b"\n"),
+    "manifest with a duplicate key": with_manifest(manifest_yaml(HOSTILE) + b"prompt_template: '{subject}, again'\n"),
+    "manifest with a Unix-time window": with_manifest(manifest_yaml(HOSTILE, available_from=0)),
     **{f"id {bad!r}": with_manifest(manifest_yaml(bad)) for bad in ["../x", "/etc/passwd", "a/b", ".hidden", "Film-Noir"]},
     **{
         f"lora.file {bad!r}": with_manifest(manifest_yaml(HOSTILE, lora={"file": bad}))
@@ -284,7 +286,7 @@ from serve_app.styles.catalog import StyleCatalog
 from serve_app.styles.manifest import StyleManifest
 
 catalog = StyleCatalog(sys.argv[1])
-pipe_file = catalog.fs.pipe_file
+pipe_file = catalog.store.fs.pipe_file
 
 def pipe_file_then_die(path, data, **kwargs):
     if path.endswith(".tmp"):
@@ -292,7 +294,7 @@ def pipe_file_then_die(path, data, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return pipe_file(path, data, **kwargs)
 
-catalog.fs.pipe_file = pipe_file_then_die
+catalog.store.fs.pipe_file = pipe_file_then_die
 manifest = StyleManifest(id=sys.argv[2], title="Killed", prompt_template="{subject}, killed mid-publish")
 catalog.publish(manifest, open(sys.argv[3], "rb").read())
 """
