@@ -149,6 +149,8 @@ def app_args(live_styles_dir: Path, tmp_path_factory) -> dict:
 class RayCluster:
     metrics_url: str
     logs: Path
+    s3_endpoint: str
+    """Where the replicas' fsspec finds S3 (a test starts moto's server there: tests/reliability/test_styles_s3.py)."""
 
 
 @pytest.fixture(scope="session")
@@ -158,6 +160,11 @@ def ray_cluster(tmp_path_factory):
     os.environ["STUDIO_ADMIN_TOKEN"] = ADMIN_TOKEN  # replicas inherit the environment Ray starts with
     os.environ["STUDIO_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    s3_endpoint = f"http://127.0.0.1:{free_port()}"
+    os.environ.update({  # read by the replicas' fsspec and botocore; this process's fsspec read its config already
+        "FSSPEC_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
+    })
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
@@ -174,7 +181,7 @@ def ray_cluster(tmp_path_factory):
     )
     try:
         logs = Path(temp_dir) / "session_latest" / "logs"
-        yield RayCluster(metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", logs=logs)
+        yield RayCluster(metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", logs=logs, s3_endpoint=s3_endpoint)
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -26,7 +26,7 @@ BUCKET = "portrait-styles"
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     with s3_server(BUCKET) as server:
-        yield f"http://127.0.0.1:{server._port}"
+        yield server.endpoint
 
 
 @pytest.fixture

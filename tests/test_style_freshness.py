@@ -19,7 +19,6 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from conftest import free_port
 from curation import manifest_yaml
 from s3_server import s3_server
 from test_style_library import Clock, RecordingFileSystem
@@ -128,8 +127,7 @@ def test_a_scheduled_style_goes_live_at_its_time_without_any_write_or_read(tmp_p
 
 
 def test_a_store_outage_serves_what_is_known_refuses_writes_and_catches_up(styles_dir):
-    port = free_port()
-    with s3_server("outage-styles", port) as server:
+    with s3_server("outage-styles") as server:
         url = "s3://outage-styles/styles"
         fsspec.filesystem("s3").put(str(styles_dir), url, recursive=True)
         writer, reader = StyleCatalog(url), StyleCatalog(url, refresh_s=REFRESH_S, max_stale_s=2)
@@ -149,19 +147,9 @@ def test_a_store_outage_serves_what_is_known_refuses_writes_and_catches_up(style
                 reader.get("film-noir")
             assert [s.versioned_id for s in reader.list()] == gallery  # the gallery: the last good view
 
-            server = s3_server_again(port)
+            server.start()
             wait_until(lambda: reader.view.age() < 1)
             assert reader.get("film-noir").versioned_id == "film-noir@1"
             assert reader.statuses() == statuses == StyleCatalog(url).statuses()  # the refused writes left nothing
         finally:
             reader.close()
-            server.stop()
-
-
-def s3_server_again(port: int):
-    """moto's server back on the same port; its buckets live in this process, so the library is still there."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server

@@ -22,7 +22,7 @@ import fsspec
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from serve_app.pipeline.errors import InvalidStyleError, UnknownStyleError
+from serve_app.pipeline.errors import InvalidStyleError, StyleStoreUnavailableError, UnknownStyleError
 from serve_app.styles.folder import PreviewImage, Style, read_style, store_errors
 from serve_app.styles.manifest import (
     LORA_FILE,
@@ -100,18 +100,15 @@ class StyleStore:
             raise UnknownStyleError(f"{reprlib.repr(version)} is not a style version")
         return f"{self.root}/{style_id}/{version}"
 
-    def _children(self, url: str) -> list[str]:
-        """Names of the sub-folders of ``url``."""
-        if not self.fs.isdir(url):
-            return []
-        return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(url, detail=True)
-                if entry["type"] == "directory"]
-
     # -- reading -------------------------------------------------------------------------------------------
     def ids(self) -> list[str]:
         """Every folder named like a style (with versions or not)."""
         with store_errors("listing the styles"):
-            return sorted(name for name in self._children(self.root) if re.fullmatch(STYLE_ID_PATTERN, name))
+            if not self.fs.isdir(self.root):  # a bucket or mount gone: not a library without styles
+                raise StyleStoreUnavailableError(f"the style library {self.location} is not there")
+            names = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=True)
+                     if entry["type"] == "directory"]
+        return sorted(name for name in names if re.fullmatch(STYLE_ID_PATTERN, name))
 
     def changes(self) -> dict[str, str]:
         """Each style's change marker: style id -> what changes in its listing entry when the marker is rewritten."""
@@ -169,8 +166,10 @@ class StyleStore:
         if version is not None:
             with store_errors(f"reading style {versioned_id}"):
                 for folder in (self._url(style_id, version), self._url(style_id)):
-                    if folder in self._read or self.fs.isfile(f"{folder}/{MANIFEST_FILE}"):
-                        found = self._version_at(style_id, folder)
+                    # A listing, not isfile: object stores' isfile answers False when the store cannot be reached.
+                    files = None if folder in self._read else set(self.fs.find(folder, maxdepth=1))
+                    if files is None or f"{folder}/{MANIFEST_FILE}" in files:
+                        found = self._version_at(style_id, folder, files)
                         if found.manifest.version == version:
                             return found
         raise UnknownStyleError(f"unknown style version {versioned_id!r}")

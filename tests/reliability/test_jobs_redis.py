@@ -2,7 +2,8 @@
 (``portraits-redis`` under ``/redis``) keeps its jobs in the session's real ``redis-server``. The job API as on
 SQLite, one job from 50 racing submits with one key, the bounded queue (503 ``queue_full`` with ``Retry-After``),
 the whole application restarted with jobs queued, an ingress replica SIGKILLed mid-job, and retention: nothing of
-a job is left in Redis or in the results past it but its id's tombstone."""
+a job is left in Redis or in the results past it but its id's tombstone. The two applications share the style
+library, as two ingress replicas do: what a curator does through one is seen by the other."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from reliability_kit import kill_replica, replicas, wait_until
+from curation import AUTH, manifest_yaml, publish
+from reliability_kit import FAST, kill_replica, post_portrait, replicas, wait_until
 from test_jobs import FIELDS, LONG, events_of, submit, waited
 
 APP, PREFIX = "portraits-redis", "/redis"
@@ -65,6 +67,28 @@ def ended(root: str, job_id: str) -> bool:
     except (httpx.HTTPError, ValueError, KeyError):  # no ingress for a moment
         return False
     return status in ("succeeded", "failed", "canceled")
+
+
+def gallery(api: str) -> list[str]:
+    return [style["versioned_id"] for style in httpx.get(f"{api}/v1/styles", timeout=30).json()]
+
+
+def test_a_style_published_through_one_ingress_is_served_by_the_other(root, api, sample_face, styles_dir: Path):
+    """Published, given a new default version and retired through the first application: the second's gallery
+    and portrait requests follow within its styles_refresh_s (0.5 s) and one refresh; waited for here, not timed."""
+    lora = (styles_dir / "film-noir" / "lora.safetensors").read_bytes()
+    for version in (1, 2):
+        assert publish(root, manifest_yaml("fresh-everywhere"), lora).status_code == 201
+        wait_until(lambda: f"fresh-everywhere@{version}" in gallery(api), within_s=10, every_s=0.05)
+        files, data = {"image": ("face.png", sample_face)}, {**FAST, "style": "fresh-everywhere"}
+        answer = httpx.post(f"{api}/v1/portraits", files=files, data=data, timeout=120)
+        assert answer.status_code == 200 and answer.json()["style"] == f"fresh-everywhere@{version}"  # stages read it
+    changed = httpx.patch(f"{root}/admin/styles/fresh-everywhere", json={"default_version": 1}, headers=AUTH)
+    assert changed.status_code == 200
+    wait_until(lambda: "fresh-everywhere@1" in gallery(api), within_s=10, every_s=0.05)
+    assert httpx.delete(f"{root}/admin/styles/fresh-everywhere", headers=AUTH).status_code == 200
+    wait_until(lambda: post_portrait(api, sample_face, {"style": "fresh-everywhere"}).code == "style_retired", 10, 0.05)
+    assert post_portrait(api, sample_face, {"style": "fresh-everywhere"}).status == 410
 
 
 def test_a_job_runs_to_its_result_and_its_events_on_redis(root, api, sample_face):
