@@ -45,7 +45,8 @@ class StyleCache:
         self._run_lock = asyncio.Lock()
 
         async def load(versioned_id: str) -> LoadedStyle:
-            style = self.store.version(versioned_id)  # the ingress already checked it may be used
+            # The ingress already checked it may be used; a first read of a version is storage round trips.
+            style = await asyncio.to_thread(self.store.version, versioned_id)
             await compute.run(self.adapters.load, style.versioned_id, style.read_lora)
             return LoadedStyle(self.adapters, style)
 
