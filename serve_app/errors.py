@@ -124,7 +124,7 @@ class InternalError(PortraitError):
 def documented_error(exception: BaseException) -> PortraitError | None:
     """The documented error behind an exception, also when a stage raised it (Ray wraps those); None for a
     fault of the service."""
-    if isinstance(exception, RayTaskError):
+    while isinstance(exception, RayTaskError):  # a stage that failed on another stage's result: wrapped twice
         exception = exception.cause
     if isinstance(exception, PortraitError):
         return exception

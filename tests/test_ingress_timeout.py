@@ -9,7 +9,7 @@ import asyncio
 
 import httpx
 import pytest
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, RayTaskError
 
 from deployments.stream import PortraitJob
 from serve_app.errors import RequestTimeoutError, StageUnavailableError
@@ -87,6 +87,16 @@ def test_a_stage_that_died_is_retried_once_then_503_with_retry_after(job):
     assert (error.value.code, error.value.http_status, error.value.retry_after_s) == ("stage_unavailable", 503, 5)
     started = [call for stage in stages for call in stage.calls]
     assert len(stages[0].calls) == 2 and len(started) == 2 and all(call.cancelled for call in started)
+
+
+def test_a_stage_that_failed_on_a_dead_stage_s_result_is_a_503_too(job):
+    """The layout stage resolving the preprocessor's result after that replica died: Ray wraps the death once per
+    stage it passed through."""
+    died = RayTaskError("__call__", "Traceback…", RayTaskError("__call__", "Traceback…", ActorDiedError()))
+    stages = [StandInStage(died), *(StandInStage() for _ in range(4))]
+    with pytest.raises(StageUnavailableError):
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, b"image"))
+    assert len(stages[0].calls) == 2  # retried once, as a stage that died itself
 
 
 def test_a_lora_check_over_the_timeout_is_408_and_cancelled():

@@ -58,7 +58,9 @@ class Ingress:
         stages = [StandInStage(), LayoutStandIn(), *(StandInStage() for _ in range(3))]
         jobs_store = f"sqlite:///{JOBS.name}/jobs.sqlite3"
         settings = PortraitAppArgs(styles_dir=str(styles), request_timeout_s=0.2, jobs_store=jobs_store, **args)
-        self.app = PortraitIngress(*stages, settings).__serve_build_asgi_app__()
+        ingress = PortraitIngress(*stages, settings)
+        self.catalog = ingress.services.catalog
+        self.app = ingress.__serve_build_asgi_app__()
 
     def request(self, method: str, url: str, **kwargs) -> httpx.Response:
         async def answer() -> httpx.Response:
@@ -278,6 +280,7 @@ def test_the_preview_of_an_unknown_or_retired_style_is_refused(library):
     assert refusal(ingress.get("/v1/styles/no-such-style/preview")) == (404, "unknown_style", ["style"])
     assert refusal(ingress.get("/v1/styles/snow-globe@2/preview")) == (404, "unknown_style", ["style"])
     catalog.update_state("snow-globe", retired=True)
+    ingress.catalog.view.refresh()  # what its refresher does within styles_refresh_s
     for ref in ("snow-globe", "snow-globe@1"):
         assert refusal(ingress.get(f"/v1/styles/{ref}/preview")) == (410, "style_retired", ["style"])
 
