@@ -132,17 +132,20 @@ class StyleStore:
     def read(self, style_id: str) -> StoredStyle | None:
         """A style's versions and state from one listing of its folder (versions read before are not read again);
         None when it has no finished version."""
-        url = self._url(style_id)
         with store_errors(f"reading style {style_id}"):
-            files = set(self.fs.find(url))
-            folders = [url] + [f"{url}/{name}" for name in self._numbered(url, files)]
-            versions = [
-                self._version_at(style_id, folder, files) for folder in folders if f"{folder}/{MANIFEST_FILE}" in files
-            ]
-            if not versions:
-                return None
-            state_url = f"{url}/{STATE_FILE}"
-            state = StyleState.model_validate_json(self.fs.cat_file(state_url)) if state_url in files else StyleState()
+            return self._read_listed(style_id, set(self.fs.find(self._url(style_id))))
+
+    def _read_listed(self, style_id: str, files: set[str]) -> StoredStyle | None:
+        """``read`` from the files a listing found under the style's folder."""
+        url = self._url(style_id)
+        folders = [url] + [f"{url}/{name}" for name in self._numbered(url, files)]
+        versions = [
+            self._version_at(style_id, folder, files) for folder in folders if f"{folder}/{MANIFEST_FILE}" in files
+        ]
+        if not versions:
+            return None
+        state_url = f"{url}/{STATE_FILE}"
+        state = StyleState.model_validate_json(self.fs.cat_file(state_url)) if state_url in files else StyleState()
         return StoredStyle(dict(sorted((style.manifest.version, style) for style in versions)), state)
 
     @staticmethod
@@ -198,9 +201,9 @@ class StyleStore:
 
     def _claim_version(self, style_id: str) -> int:
         url = self._url(style_id)
-        stored = self.read(style_id)
-        numbered = self._numbered(url, set(self.fs.find(url)))
-        version = max([*map(int, numbered), *(stored.versions if stored else ())], default=0) + 1
+        files = set(self.fs.find(url))
+        stored = self._read_listed(style_id, files)
+        version = max([*map(int, self._numbered(url, files)), *(stored.versions if stored else ())], default=0) + 1
         while True:
             folder = self._url(style_id, version)
             self.fs.makedirs(folder, exist_ok=True)
