@@ -32,7 +32,7 @@ def _unreachable(error: Exception) -> bool:
     if isinstance(error, (FileNotFoundError, FileExistsError)):
         return False
     botocore = sys.modules.get("botocore.exceptions")  # s3fs's own connection errors are not OSErrors
-    return isinstance(error, OSError | TimeoutError) or (botocore is not None and isinstance(error, botocore.BotoCoreError))
+    return isinstance(error, OSError) or (botocore is not None and isinstance(error, botocore.BotoCoreError))
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from serve_app.styles.manifest import StyleFolderError
@@ -33,35 +33,34 @@ READERS = 16  # storage round trips in flight while reading many styles (a start
 class LibraryView:
     """The styles a catalogue knows, replaced whole on every change, so readers need no lock."""
 
-    def __init__(self, store: StyleStore, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: StyleStore) -> None:
         self.store = store
-        self.monotonic = monotonic
         self._writing = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.styles: Mapping[str, StoredStyle] = {}
         self._signatures: dict[str, str] = {}
-        self.good_at = self._rescanned_at = monotonic()
+        self.good_at = self._rescanned_at = time.monotonic()
         self.rescan(strict=True)
 
     def age(self) -> float:
         """Seconds since the last refresh that succeeded began: what the view may have missed."""
-        return self.monotonic() - self.good_at
+        return time.monotonic() - self.good_at
 
     def rescan(self, strict: bool = False) -> None:
         """Reread every style's folder; ``strict``: a broken style folder raises (a start-up) instead of keeping
         what was read of it before."""
-        started = self.monotonic()
+        started = time.monotonic()
         signatures, ids = self.store.changes(), self.store.ids()
-        read = self._read_many(ids, strict)
+        read, present = self._read_many(ids, strict), set(ids)
         with self._writing:
-            self.styles = {style_id: stored for style_id, stored in self._merged(read).items() if style_id in set(ids)}
+            self.styles = {style_id: stored for style_id, stored in self._merged(read).items() if style_id in present}
             self._signatures = signatures
             self.good_at = self._rescanned_at = started
 
     def refresh(self) -> None:
         """Reread the styles whose change marker changed since the last look."""
-        started = self.monotonic()
+        started = time.monotonic()
         signatures = self.store.changes()  # before the reads: a change made during them is seen next time
         changed = [style_id for style_id, mark in signatures.items() if self._signatures.get(style_id) != mark]
         read = self._read_many(changed, strict=False)
@@ -111,7 +110,7 @@ class LibraryView:
         failing = False
         while not self._stopped.wait(refresh_s):
             try:
-                if self.monotonic() - self._rescanned_at >= RESCAN_S:
+                if time.monotonic() - self._rescanned_at >= RESCAN_S:
                     self.rescan()
                 else:
                     self.refresh()
