@@ -27,7 +27,7 @@ class Preprocessor:
         log_documented_errors_once()
         self.compute = ComputeThread(args)
         self.models = load_models(args.model_settings())
-        self.models.build("faces", "face_parser", "face_restorer", "identity_recognizer", "recognizer")
+        self.models.build("faces", "face_parser", "face_restorer", "identity_encoder", "recognizer")
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
         self.metrics = StageMetrics(Stage.PREPROCESS)
 

@@ -1,5 +1,5 @@
 """Command line: ``python -m serve_app generate …`` runs the five stages in process; ``styles`` lists, validates
-and publishes styles; ``weights`` fetches and verifies the production weights."""
+and publishes styles; ``weights`` fetches and verifies the production or commercial weights."""
 
 from __future__ import annotations
 
@@ -20,17 +20,19 @@ from serve_app.pipeline.errors import PortraitError
 from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.lora_validation import validate_lora
 from serve_app.pipeline.models import load_models
-from serve_app.pipeline.models.production import ProductionWeights, verify_loadable
-from serve_app.pipeline.settings import PROFILES, ModelSettings
+from serve_app.pipeline.models.profiles import weights_folder
 from serve_app.pipeline.models.weights import (
-    DEFAULT_MANIFEST,
     WeightsError,
     WeightsManifest,
     check_files,
+    check_profile_weights,
+    default_manifest,
     fetch,
     load_manifest,
-    require_files,
+    require_cleared,
 )
+from serve_app.pipeline.models.weights_folder import verify_loadable
+from serve_app.pipeline.settings import PROFILES, WEIGHTS_PROFILES, ModelSettings
 from serve_app.pipeline.portrait import PortraitPipeline, PortraitRun
 from serve_app.sample import sample_face
 from serve_app.schemas import PortraitImage, PortraitOptions, PortraitSummary
@@ -39,6 +41,7 @@ from serve_app.styles.folder import Style, load_style_folder
 from serve_app.styles.manifest import MANIFEST_FILE
 
 DEFAULT_STYLES_DIR = Path("styles")
+MANIFEST_HELP = "default: configs/weights.yaml, or configs/weights-commercial.yaml for the commercial profiles"
 
 
 def summarize(run: PortraitRun, style: Style) -> PortraitSummary:
@@ -99,9 +102,16 @@ def command_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def weights_manifest(args: argparse.Namespace) -> WeightsManifest:
+    """The manifest of ``--profile`` (or ``--manifest``), refused when a commercial profile's is not all cleared."""
+    manifest = load_manifest(args.manifest or default_manifest(args.profile))
+    require_cleared(manifest, args.profile)
+    return manifest
+
+
 def command_weights_fetch(args: argparse.Namespace) -> int:
     """Every file checked (and fetched where missing or corrupt) by ``fetch`` itself, then every model loaded once."""
-    manifest = load_manifest(args.manifest)
+    manifest = weights_manifest(args)
     stored = fetch(args.dir, manifest)
     print(f"{args.dir}: stored {len(stored)} file(s){': ' + ', '.join(stored) if stored else ' (all present and intact)'}")
     return report_weights(args, manifest, [])
@@ -109,13 +119,13 @@ def command_weights_fetch(args: argparse.Namespace) -> int:
 
 def command_weights_verify(args: argparse.Namespace) -> int:
     """Offline: every file present with its recorded sha256, then every model loaded once."""
-    manifest = load_manifest(args.manifest)
+    manifest = weights_manifest(args)
     return report_weights(args, manifest, check_files(args.dir, manifest))
 
 
 def report_weights(args: argparse.Namespace, manifest: WeightsManifest, problems: list[str]) -> int:
     if not problems and not args.skip_loading:
-        problems = verify_loadable(ProductionWeights(args.dir, manifest))
+        problems = verify_loadable(weights_folder(args.profile, args.dir, manifest))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not problems:
@@ -124,9 +134,9 @@ def report_weights(args: argparse.Namespace, manifest: WeightsManifest, problems
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
-    if args.profile == "production":
-        require_files(args.weights_dir, load_manifest(args.manifest))
-    return ModelSettings(profile=args.profile, weights_dir=args.weights_dir, weights_manifest=args.manifest)
+    settings = ModelSettings(profile=args.profile, weights_dir=args.weights_dir, weights_manifest=args.manifest)
+    check_profile_weights(settings)
+    return settings
 
 
 def command_publish(args: argparse.Namespace) -> int:
@@ -178,13 +188,14 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("--token", default=os.environ.get(ADMIN_TOKEN_ENV), help=f"admin token (default: ${ADMIN_TOKEN_ENV})")
     publish.set_defaults(handler=command_publish)
 
-    weights = commands.add_parser("weights", help="production weights: fetch from the Hugging Face Hub, verify")
+    weights = commands.add_parser("weights", help="a weights folder: fetch from the Hugging Face Hub, verify")
     actions = weights.add_subparsers(dest="action", required=True)
     fetch_command = actions.add_parser("fetch", help="download what is missing or corrupt (needs network), then verify")
     verify_command = actions.add_parser("verify", help="offline: presence, sha256 and loadability of every model")
     for command, handler in ((fetch_command, command_weights_fetch), (verify_command, command_weights_verify)):
         command.add_argument("--dir", type=Path, required=True, help="the weights folder")
-        command.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="default: configs/weights.yaml")
+        command.add_argument("--profile", default="production", choices=WEIGHTS_PROFILES, help="default production")
+        command.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
         command.add_argument("--skip-loading", action="store_true", help="check files and hashes only")
         command.set_defaults(handler=handler)
     return root
@@ -192,8 +203,8 @@ def parser() -> argparse.ArgumentParser:
 
 def add_profile_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--profile", default="tiny", choices=PROFILES, help="model profile (default tiny)")
-    command.add_argument("--weights-dir", type=Path, help="production weights folder (profile production)")
-    command.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="default: configs/weights.yaml")
+    command.add_argument("--weights-dir", type=Path, help="weights folder (profiles production and commercial)")
+    command.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from deployments.layout_generator import LayoutGenerator
 from deployments.preprocessor import Preprocessor
 from deployments.upscaler import Upscaler
 from serve_app.ingress import PortraitIngress
-from serve_app.pipeline.models.weights import WeightsError, load_manifest, require_files
+from serve_app.pipeline.models.weights import WeightsError, check_profile_weights
 from serve_app.settings import PortraitAppArgs
 from serve_app.styles.catalog import StyleCatalog
 from serve_app.styles.manifest import StyleFolderError
@@ -39,8 +39,7 @@ def parse_args(args: dict[str, Any] | PortraitAppArgs) -> PortraitAppArgs:
     try:
         parsed = args if isinstance(args, PortraitAppArgs) else PortraitAppArgs.model_validate(args or {})
         StyleCatalog(parsed.styles_dir)
-        if parsed.profile == "production":
-            require_files(parsed.weights_dir, load_manifest(parsed.weights_manifest))
+        check_profile_weights(parsed.model_settings())
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in error.errors())
         raise PortraitConfigError(f"invalid Portrait Studio app args: {problems}") from None

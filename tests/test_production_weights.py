@@ -24,7 +24,8 @@ from serve_app.__main__ import main
 from serve_app.app import PortraitConfigError, parse_args
 from serve_app.pipeline.models import Models, ModelSettings
 from serve_app.pipeline.models.identity_attention import GatedIPAdapterAttnProcessor
-from serve_app.pipeline.models.production import ProductionWeights, verify_loadable
+from serve_app.pipeline.models.production import ProductionWeights
+from serve_app.pipeline.models.weights_folder import verify_loadable
 from serve_app.pipeline.models.weights import LOCK_FILE, WeightsError, check_files, fetch, read_lock
 from serve_app.in_process import generate
 from serve_app.pipeline.portrait import PortraitPipeline
@@ -148,7 +149,7 @@ def test_the_lock_records_where_each_file_came_from(weights_dir):
 
 def test_production_loaders_give_the_production_classes(weights_dir, manifest):
     weights = ProductionWeights(weights_dir, manifest)
-    assert isinstance(weights.identity_encoder(), ArcFaceONNX)
+    assert isinstance(weights.identity_encoder().model, ArcFaceONNX)
     assert isinstance(weights.face_detector(), SCRFD)
     assert isinstance(weights.face_swapper(), INSwapper)
     assert weights.face_parser().model.config.id2label[13] == "hair"

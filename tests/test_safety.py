@@ -13,19 +13,19 @@ import torch
 
 from serve_app.pipeline.fusion import Candidate, FusionRanker
 from serve_app.pipeline.preprocess import preprocess
-from serve_app.pipeline.safety import UNSAFE_CONTENT, SafetyChecker
+from serve_app.pipeline.safety import UNSAFE_CONTENT, ClipSafetyChecker
 
 SIDE = 128
 
 
-def flagging(checker: SafetyChecker) -> SafetyChecker:
+def flagging(checker: ClipSafetyChecker) -> ClipSafetyChecker:
     """A copy whose NSFW concept thresholds are below any cosine: it flags every image."""
     model = copy.deepcopy(checker.model)
     model.concept_embeds_weights.data[:] = -2.0
-    return SafetyChecker(model, checker.processor)
+    return ClipSafetyChecker(model, checker.processor)
 
 
-class FirstUnsafe(SafetyChecker):
+class FirstUnsafe(ClipSafetyChecker):
     """Flags the first image of every batch, checks the others for real."""
 
     def flags(self, images):
@@ -71,5 +71,5 @@ def test_safe_candidates_fill_the_k_first(models, candidates, reference):
 
 def test_the_checker_runs_in_the_models_dtype(models, candidates):
     checker = models.safety_checker
-    half = SafetyChecker(copy.deepcopy(checker.model).to(torch.bfloat16), checker.processor)
+    half = ClipSafetyChecker(copy.deepcopy(checker.model).to(torch.bfloat16), checker.processor)
     assert half.flags([c.image for c in candidates]) == [False, False, False]

@@ -2,7 +2,8 @@
 detector, 68-point shape predictor and ResNet face descriptor (``face_recognition_models`` data files) and
 OpenCV's Haar cascade as a second detector. The production profile detects with insightface's SCRFD instead and
 takes its five keypoints (what insightface aligns ArcFace and inswapper with); dlib's 68-point predictor, whose
-training data is licensed for research only, is not used there."""
+training data is licensed for research only, is not used there. The commercial profiles use neither: Google
+MediaPipe's Apache-2.0 face detector and 468-point face mesh (``serve_app.pipeline.mediapipe_faces``)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
 @dataclass(frozen=True)
 class DetectedFace:
     """One face in image pixels: its box (x0, y0, x1, y1) and five points (x, y) in ARCFACE_TEMPLATE's order;
-    ``landmarks`` are dlib's 68 points where dlib placed them (not in production)."""
+    ``landmarks`` are dlib's 68 points where dlib placed them (not in production), ``mesh`` MediaPipe's 468 where
+    MediaPipe did (the commercial profiles)."""
 
     box: tuple[float, float, float, float]
     five_points: np.ndarray
     landmarks: np.ndarray | None = None
+    mesh: np.ndarray | None = None
 
     @classmethod
     def from_landmarks(cls, box: tuple[float, float, float, float], landmarks: np.ndarray) -> DetectedFace:
@@ -70,7 +73,8 @@ class DetectedFace:
 
     def scaled(self, factor: float) -> DetectedFace:
         landmarks = None if self.landmarks is None else self.landmarks * factor
-        return DetectedFace(tuple(v * factor for v in self.box), self.five_points * factor, landmarks)
+        mesh = None if self.mesh is None else self.mesh * factor
+        return DetectedFace(tuple(v * factor for v in self.box), self.five_points * factor, landmarks, mesh)
 
 
 def dlib_landmarks(face: DetectedFace) -> np.ndarray:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from insightface.app.common import Face
-from insightface.model_zoo.inswapper import INSwapper
 
 from serve_app.pipeline.faces import ARCFACE_TEMPLATE, DetectedFace, FaceAnalyzer, similarity
 from serve_app.pipeline.masks import mask_box, to_image_resolution
@@ -25,6 +24,9 @@ from serve_app.pipeline.models import Models
 from serve_app.pipeline.preprocess import Reference
 from serve_app.pipeline.recognition import Recognizer
 from serve_app.pipeline.safety import UNSAFE_CONTENT, SafetyChecker
+
+if TYPE_CHECKING:
+    from insightface.model_zoo.inswapper import INSwapper
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
@@ -51,6 +53,7 @@ class RankedPortrait:
     image: np.ndarray
     seed: int
     identity_score: float
+    judge: str  # the recognizer that gave identity_score
     face_points: np.ndarray | None  # the five points of the fused face, which the upscaler restores
     placement: str | None
     rejected: str | None
@@ -131,6 +134,8 @@ def face_region(points: np.ndarray, image_side: int, reach: float = 1.6) -> tupl
 
 def swap_face(swapper: INSwapper, image: np.ndarray, face: DetectedFace, embedding: np.ndarray) -> np.ndarray:
     """inswapper: the identity ``embedding`` (ArcFace) onto ``face``, pasted back into ``image``."""
+    from insightface.app.common import Face  # production only: the commercial profiles never import insightface
+
     target, source = Face(kps=face.five_points, bbox=np.array(face.box)), Face(embedding=embedding)
     swapped = swapper.get(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), target, source, paste_back=True)
     return cv2.cvtColor(swapped, cv2.COLOR_BGR2RGB)
@@ -204,6 +209,7 @@ class FusionRanker:
             image=fused.image,
             seed=candidate.seed,
             identity_score=score,
+            judge=self.recognizer.name,
             face_points=face.five_points if face else None,
             placement=fused.placement,
             rejected=rejected,

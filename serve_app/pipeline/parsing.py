@@ -1,9 +1,11 @@
-"""Face and hair parsing. From landmarks (tiny): face outline and facial features from the 68 points, skin by a
-colour model fitted to the cheeks, hair by GrabCut seeded with the face. From a SegFormer face parser
-(production). Masks are float32 in [0, 1], image-sized."""
+"""Face and hair parsing. From landmarks: face outline and facial features drawn from dlib's 68 points (tiny) or
+MediaPipe's 468-point mesh (commercial), skin by a colour model fitted to the cheeks, hair by GrabCut seeded with
+the face (kept inside MediaPipe's person matte where there is one). From a SegFormer face parser (production).
+Masks are float32 in [0, 1], image-sized."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -11,13 +13,33 @@ import cv2
 import numpy as np
 import torch
 
-from serve_app.pipeline.faces import DetectedFace, dlib_landmarks, face_outline_points
+from serve_app.pipeline.faces import Box, DetectedFace, dlib_landmarks, face_outline_points
+from serve_app.pipeline.mediapipe_faces import (
+    CHIN,
+    FACE_OVAL,
+    FOREHEAD,
+    LEFT_BROW,
+    LEFT_CHEEK,
+    LEFT_EYE,
+    LEFT_EYE_OUTER,
+    LIPS,
+    NOSTRILS,
+    RIGHT_BROW,
+    RIGHT_CHEEK,
+    RIGHT_EYE,
+    RIGHT_EYE_OUTER,
+    PersonMatte,
+)
 
 if TYPE_CHECKING:
     from transformers import SegformerForSemanticSegmentation
 
 GRABCUT_MAX_SIDE = 256
 SKIN_MAHALANOBIS_LIMIT = 3.5
+# The mesh's oval stops about at the hairline, dlib's brows well below it; both outlines are lifted over the
+# forehead (dlib's by a third of the brow-to-chin distance, in faces.face_outline_points), the mesh's a little.
+MESH_FOREHEAD_LIFT = 0.15
+PERSON_MIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,32 +50,85 @@ class FaceParsing:
     hair: np.ndarray
 
 
+@dataclass(frozen=True)
+class FaceGeometry:
+    """What landmark parsing draws, in image pixels, whichever model placed the points: the face outline, the
+    features to keep sharp (filled polygons; brows drawn as lines where they are a single row of points, as
+    dlib's), the cheeks the skin colour is sampled on, the eye span (outer corners) that sizes lines and margins,
+    and the chin's height, below which there is no hair."""
+
+    outline: np.ndarray
+    features: tuple[np.ndarray, ...]
+    brow_lines: tuple[np.ndarray, ...]
+    cheeks: tuple[np.ndarray, ...]
+    eye_span: float
+    chin_y: float
+
+
+def dlib_geometry(face: DetectedFace) -> FaceGeometry:
+    """From dlib's 68 points: cheeks as the triangles jaw, nostril, mouth corner."""
+    points = dlib_landmarks(face)
+    return FaceGeometry(
+        outline=face_outline_points(face),
+        features=(points[36:42], points[42:48], points[48:60], points[31:36]),
+        brow_lines=(points[17:22], points[22:27]),
+        cheeks=(points[[1, 31, 48]], points[[15, 35, 54]]),
+        eye_span=float(np.linalg.norm(points[45] - points[36])),
+        chin_y=float(points[8, 1]),
+    )
+
+
+def mesh_geometry(face: DetectedFace) -> FaceGeometry:
+    """From MediaPipe's mesh, whose brows have an upper and a lower edge: filled like the eyes."""
+    if face.mesh is None:
+        raise ValueError("this face has no MediaPipe mesh (found by another analyzer); use its own face parser")
+    mesh = face.mesh
+    contours = (RIGHT_EYE, LEFT_EYE, RIGHT_BROW, LEFT_BROW, LIPS, NOSTRILS)
+    return FaceGeometry(
+        outline=mesh_outline(mesh),
+        features=tuple(mesh[list(contour)] for contour in contours),
+        brow_lines=(),
+        cheeks=(mesh[list(RIGHT_CHEEK)], mesh[list(LEFT_CHEEK)]),
+        eye_span=float(np.linalg.norm(mesh[LEFT_EYE_OUTER] - mesh[RIGHT_EYE_OUTER])),
+        chin_y=float(mesh[CHIN, 1]),
+    )
+
+
+def mesh_outline(mesh: np.ndarray) -> np.ndarray:
+    """The mesh's face oval, what lies above the eyes stretched upwards (along the face, however tilted) by
+    MESH_FOREHEAD_LIFT of its height over them."""
+    oval = mesh[list(FACE_OVAL)]
+    eyes = (mesh[list(RIGHT_EYE)].mean(0) + mesh[list(LEFT_EYE)].mean(0)) / 2
+    up = mesh[FOREHEAD] - mesh[CHIN]
+    up = up / max(float(np.linalg.norm(up)), 1e-6)
+    height = np.clip((oval - eyes) @ up, 0, None)
+    return (oval + MESH_FOREHEAD_LIFT * height[:, None] * up).astype(np.float32)
+
+
 def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    return polygons_mask(shape, [polygon])
+
+
+def polygons_mask(shape: tuple[int, int], polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """Each polygon filled on its own: one fillPoly call over several leaves their overlaps empty (even-odd)."""
     mask = np.zeros(shape, np.uint8)
-    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+    for polygon in polygons:
+        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
     return mask
 
 
-def features_mask(shape: tuple[int, int], face: DetectedFace) -> np.ndarray:
+def features_mask(shape: tuple[int, int], geometry: FaceGeometry) -> np.ndarray:
     """Eyes, brows, nostrils and mouth, dilated: what skin smoothing must leave sharp."""
-    points = dlib_landmarks(face)
-    mask = np.zeros(shape, np.uint8)
-    for polygon in (points[36:42], points[42:48], points[48:60], points[31:36]):
-        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
-    eye_span = float(np.linalg.norm(points[45] - points[36]))
-    thickness = max(2, int(eye_span * 0.08))
-    for brow in (points[17:22], points[22:27]):
+    mask = polygons_mask(shape, geometry.features)
+    thickness = max(2, int(geometry.eye_span * 0.08))
+    for brow in geometry.brow_lines:
         cv2.polylines(mask, [np.round(brow).astype(np.int32)], False, 1, thickness)
-    radius = max(1, int(eye_span * 0.06))
+    radius = max(1, int(geometry.eye_span * 0.06))
     return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
 
 
-def skin_colour_mask(image: np.ndarray, face: DetectedFace, region: np.ndarray) -> np.ndarray:
-    """Pixels of ``region`` whose chroma (YCrCb) lies close to the cheeks' colour distribution."""
-    points = dlib_landmarks(face)
-    cheeks = np.zeros(region.shape, np.uint8)
-    for a, b, c in ((1, 31, 48), (15, 35, 54)):
-        cv2.fillPoly(cheeks, [np.round(points[[a, b, c]]).astype(np.int32)], 1)
+def skin_colour_mask(image: np.ndarray, cheeks: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` whose chroma (YCrCb) lies close to the colour distribution of the ``cheeks`` mask."""
     chroma = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)[..., 1:].astype(np.float32)
     samples = chroma[cheeks.astype(bool)]
     if len(samples) < 10:
@@ -65,12 +140,12 @@ def skin_colour_mask(image: np.ndarray, face: DetectedFace, region: np.ndarray) 
     return (region.astype(bool) & (distance < SKIN_MAHALANOBIS_LIMIT**2)).astype(np.uint8)
 
 
-def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray, not_hair: np.ndarray) -> np.ndarray:
-    """GrabCut on the head box (the face grown by half its width aside and its height above) with the face
+def hair_mask(image: np.ndarray, box: Box, face_region: np.ndarray, not_hair: np.ndarray, chin_y: float) -> np.ndarray:
+    """GrabCut on the head box (the face ``box`` grown by half its width aside and its height above) with the face
     as sure foreground; hair is the foreground above the chin that is not ``not_hair`` (skin and features) —
     so a fringe over the forehead counts as hair."""
     height, width = face_region.shape
-    x0, y0, x1, y1 = face.box
+    x0, y0, x1, y1 = box
     face_w, face_h = x1 - x0, y1 - y0
     head = (
         int(max(0, x0 - 0.5 * face_w)),
@@ -105,17 +180,26 @@ def hair_mask(image: np.ndarray, face: DetectedFace, face_region: np.ndarray, no
     head_mask = np.zeros_like(face_region)
     head_mask[cy0:cy1, cx0:cx1] = cv2.resize(head_small, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     above_chin = np.zeros_like(face_region)
-    above_chin[: int(dlib_landmarks(face)[8, 1]), :] = 1
+    above_chin[: int(chin_y), :] = 1
     return head_mask & above_chin & (1 - not_hair)
 
 
-def parse_face(image: np.ndarray, face: DetectedFace) -> FaceParsing:
+def parse_geometry(
+    image: np.ndarray, box: Box, geometry: FaceGeometry, person: np.ndarray | None = None
+) -> FaceParsing:
+    """The face's masks from its landmark geometry; hair kept inside ``person`` (a 0/1 matte) when given."""
     shape = image.shape[:2]
-    face_region = polygon_mask(shape, face_outline_points(face))
-    features = features_mask(shape, face) & face_region
-    skin = skin_colour_mask(image, face, face_region) & (1 - features)
-    hair = hair_mask(image, face, face_region, skin | features)
+    face_region = polygon_mask(shape, geometry.outline)
+    features = features_mask(shape, geometry) & face_region
+    skin = skin_colour_mask(image, polygons_mask(shape, geometry.cheeks), face_region) & (1 - features)
+    hair = hair_mask(image, box, face_region, skin | features, geometry.chin_y)
+    if person is not None:
+        hair &= person
     return FaceParsing(*(m.astype(np.float32) for m in (face_region, skin, features, hair)))
+
+
+def parse_face(image: np.ndarray, face: DetectedFace) -> FaceParsing:
+    return parse_geometry(image, face.box, dlib_geometry(face))
 
 
 class FaceParser(Protocol):
@@ -128,6 +212,18 @@ class LandmarkFaceParser:
 
     def parse(self, image: np.ndarray, face: DetectedFace) -> FaceParsing:
         return parse_face(image, face)
+
+
+class MeshFaceParser:
+    """The commercial profiles' parser: regions drawn from MediaPipe's face mesh, skin by the cheeks' colour, hair
+    by GrabCut kept inside MediaPipe's person matte (GrabCut alone takes in background of the hair's colour)."""
+
+    def __init__(self, matte: PersonMatte) -> None:
+        self.matte = matte
+
+    def parse(self, image: np.ndarray, face: DetectedFace) -> FaceParsing:
+        person = (self.matte.matte(image) >= PERSON_MIN).astype(np.uint8)
+        return parse_geometry(image, face.box, mesh_geometry(face), person)
 
 
 class SegformerFaceParser:

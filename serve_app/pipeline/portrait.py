@@ -47,6 +47,7 @@ def make_plan(request: PortraitRequest, reference: Reference) -> SamplingPlan:
         guidance_scale=request.guidance_scale,
         identity_weight=request.identity_weight,
         t1=request.t1,
+        identity_negative=None if reference.identity_negative is None else torch.from_numpy(reference.identity_negative),
     )
 
 

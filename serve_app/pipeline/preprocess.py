@@ -32,13 +32,16 @@ ENHANCEMENT_STRENGTH = 0.5
 class Reference:
     """What later stages need of the reference face (the full image stays in the preprocessor).
     ``aligned_face`` is ALIGNED_SIZE² on the ArcFace template, with its face region mask ``aligned_mask``;
-    ``identity_embedding`` is the L2-normalised 512-d ArcFace embedding that conditions the sampler;
-    ``recognition_descriptor`` is the ranking recognizer's (ArcFace in production, dlib's ResNet on tiny)."""
+    ``identity_embedding`` is what conditions the sampler (the L2-normalised 512-d ArcFace embedding for FaceID, the
+    CLIP encoder's hidden states of the face crop for Plus-face) and ``identity_negative`` its unconditional
+    counterpart (None: zeros); ``recognition_descriptor`` is the ranking recognizer's (ArcFace in production,
+    dlib's ResNet on tiny, AuraFace in the commercial profiles)."""
 
     face: DetectedFace
     aligned_face: np.ndarray
     aligned_mask: np.ndarray
     identity_embedding: np.ndarray
+    identity_negative: np.ndarray | None
     recognition_descriptor: np.ndarray
 
 
@@ -60,6 +63,7 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
         aligned_face=aligned,
         aligned_mask=aligned_mask,
         identity_embedding=identity,
+        identity_negative=models.identity_encoder.negative,
         recognition_descriptor=descriptor,
     )
 
@@ -89,8 +93,8 @@ def align_with_mask(image: np.ndarray, face: DetectedFace, parsing: FaceParsing)
 
 
 def embed_identity(models: Models, image: np.ndarray, face: DetectedFace) -> tuple[np.ndarray, np.ndarray]:
-    """The ArcFace embedding that conditions the sampler and the ranking recognizer's descriptor (the same array
-    where ArcFace ranks)."""
-    identity = models.identity_recognizer.describe(image, face)
+    """The embedding that conditions the sampler and the ranking recognizer's descriptor (the same array where
+    ArcFace does both)."""
+    identity = models.identity_encoder.describe(image, face)
     ranking = models.recognizer
-    return identity, identity if ranking is models.identity_recognizer else ranking.describe(image, face)
+    return identity, identity if ranking is models.identity_encoder else ranking.describe(image, face)

@@ -25,7 +25,10 @@ IDENTITY = 1.0
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Everything both diffusion stages need to agree on for one request."""
+    """Everything both diffusion stages need to agree on for one request. ``identity_embedding`` is what the
+    IP-Adapter's image projection takes for one image (FaceID: a [512] face embedding; Plus-face: the CLIP
+    encoder's [tokens, D] hidden states); ``identity_negative`` is its classifier-free-guidance counterpart
+    (None: zeros, as FaceID was trained; Plus-face: the encoding of a black image)."""
 
     prompt: str
     negative_prompt: str
@@ -36,6 +39,7 @@ class SamplingPlan:
     guidance_scale: float
     identity_weight: float
     t1: float
+    identity_negative: torch.Tensor | None = None
 
     @property
     def layout_steps(self) -> int:
@@ -67,11 +71,12 @@ def shared_schedule(plans: Sequence[SamplingPlan]) -> SamplingPlan:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Per candidate (leading dimension M): negative and positive text embeddings [M, L, C], FaceID embeddings
-    [M, 1, D] and guidance scales [M]."""
+    """Per candidate (leading dimension M): negative and positive text embeddings [M, L, C], negative and positive
+    identity embeddings [M, 1, *E] (E the adapter's embedding shape) and guidance scales [M]."""
 
     negative: torch.Tensor
     positive: torch.Tensor
+    identity_negative: torch.Tensor
     identity: torch.Tensor
     guidance: torch.Tensor
 
@@ -98,9 +103,14 @@ def encode_conditioning(pipe: StableDiffusionPipeline, plans: Sequence[SamplingP
             do_classifier_free_guidance=True,
             negative_prompt=plan.negative_prompt,
         )
-        identity = plan.identity_embedding.reshape(1, 1, -1).to(pipe.device, pipe.unet.dtype)
+        identity = plan.identity_embedding
+        identity_negative = torch.zeros_like(identity) if plan.identity_negative is None else plan.identity_negative
+        per_candidate = [
+            embedding[None, None].to(pipe.device, pipe.unet.dtype).expand(len(plan.seeds), 1, *embedding.shape)
+            for embedding in (identity_negative, identity)
+        ]
         guidance = torch.full((len(plan.seeds),), plan.guidance_scale, device=pipe.device, dtype=pipe.unet.dtype)
-        parts.append((negative, positive, identity.expand(len(plan.seeds), -1, -1), guidance))
+        parts.append((negative, positive, *per_candidate, guidance))
     return Conditioning(*(torch.cat(tensors) for tensors in zip(*parts)))
 
 
@@ -120,7 +130,8 @@ def guided_noise(
     """
     count, branches = latents.shape[0], len(branch_gates)
     text = torch.cat([conditioning.negative, conditioning.positive]).repeat(branches, 1, 1)
-    identity = torch.cat([torch.zeros_like(conditioning.identity), conditioning.identity]).repeat(branches, 1, 1)
+    identity = torch.cat([conditioning.identity_negative, conditioning.identity])
+    identity = identity.repeat(branches, *(1,) * (identity.ndim - 1))
     gates = None
     if any(branch_gates):
         gates = torch.tensor(branch_gates, dtype=latents.dtype, device=latents.device).repeat_interleave(2 * count)

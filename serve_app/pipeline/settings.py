@@ -8,15 +8,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PROFILES = ("tiny", "full-size", "production")
+PROFILES = ("tiny", "full-size", "production", "tiny-commercial", "commercial")
+COMMERCIAL_PROFILES = ("tiny-commercial", "commercial")  # every model cleared for commercial use
+WEIGHTS_PROFILES = ("production", "commercial")  # load a weights folder
 
 
 class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     profile: str = Field("tiny", description="model profile: " + ", ".join(PROFILES))
-    weights_dir: Path | None = Field(None, description="production weights folder (production profile only)")
-    weights_manifest: Path | None = Field(None, description="the weights manifest; default configs/weights.yaml")
+    weights_dir: Path | None = Field(None, description="weights folder (production and commercial profiles)")
+    weights_manifest: Path | None = Field(
+        None, description="the weights manifest; default configs/weights.yaml, weights-commercial.yaml for the "
+        "commercial profiles"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: the GPU when there is one")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="diffusion and image-model precision; auto: float16 on a GPU, float32 on a CPU"
@@ -38,9 +43,9 @@ class ModelSettings(BaseModel):
         return None if value is None else value.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _production_needs_weights(self) -> ModelSettings:
-        if self.profile == "production" and self.weights_dir is None:
-            raise ValueError("the production profile needs weights_dir (see `python -m serve_app weights fetch`)")
+    def _weights_profiles_need_weights(self) -> ModelSettings:
+        if self.profile in WEIGHTS_PROFILES and self.weights_dir is None:
+            raise ValueError(f"the {self.profile} profile needs weights_dir (see `python -m serve_app weights fetch`)")
         return self
 
     def model_settings(self) -> ModelSettings:

@@ -7,32 +7,41 @@
   Real-ESRGAN x2plus/x4plus, GFPGAN v1.4, SD1.5's safety checker) with seeded random weights and no files: for
   measuring speed.
 - ``production`` loads the real weights from a weights folder (``configs/weights.yaml``).
+- ``commercial`` loads only models cleared for commercial use (``configs/weights-commercial.yaml``): identity from
+  IP-Adapter Plus-face on a CLIP image encoder, MediaPipe's detector, face mesh and person matte, AuraFace ranking,
+  Open-NSFW, Real-ESRGAN; no insightface, no face swap, no GFPGAN.
+- ``tiny-commercial`` is its twin for CI and demos: random diffusion parts (a tiny CLIP vision tower and Plus-face
+  Resampler in the real key layout) beside the real packaged MediaPipe and Open-NSFW models.
 
-All three go through the same loading APIs (``load_ip_adapter``, insightface's model zoo, spandrel) and the same
-placement (device, dtype, channels-last, optional compilation). The vision models of tiny and full-size are real:
-dlib's detector, landmarks and face descriptor, OpenCV's cascades; production detects with SCRFD.
+All go through the same loading APIs (``load_ip_adapter``, onnxruntime, spandrel) and the same placement
+(device, dtype, channels-last, optional compilation). The vision models of tiny and full-size are real: dlib's
+detector, landmarks and face descriptor, OpenCV's cascades; production detects with SCRFD.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import StableDiffusionPipeline
-from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.model_zoo.inswapper import INSwapper
 from spandrel import ImageModelDescriptor
 
 from serve_app.pipeline.faces import FaceAnalyzer
+from serve_app.pipeline.identity import IdentityEncoder
 from serve_app.pipeline.lora import create_slot
 from serve_app.pipeline.models.execution import compile_unet, place_pipeline, resolve_device, resolve_dtype
 from serve_app.pipeline.models.identity_attention import install_gated_processors
 from serve_app.pipeline.settings import ModelSettings
-from serve_app.pipeline.models.sources import ModelSource, model_source
+from serve_app.pipeline.models.profiles import model_source
+from serve_app.pipeline.models.sources import ModelSource
 from serve_app.pipeline.parsing import FaceParser
-from serve_app.pipeline.recognition import ArcFaceRecognizer, DlibRecognizer, Recognizer
+from serve_app.pipeline.recognition import Recognizer
 from serve_app.pipeline.restoration import FaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
+
+if TYPE_CHECKING:
+    from insightface.model_zoo.inswapper import INSwapper
 
 IDENTITY_LORA = "faceid_0"  # the LoRA IP-Adapter-FaceID checkpoints carry, as diffusers names it
 
@@ -52,8 +61,9 @@ class Models:
 
     @functools.cached_property
     def diffusion(self) -> StableDiffusionPipeline:
-        """SD1.5-class pipeline with IP-Adapter-FaceID loaded (its LoRA fused) and per-sample gated identity
-        attention, placed on the device; compiled when asked (styles then hot-swap into one LoRA slot)."""
+        """SD1.5-class pipeline with the profile's IP-Adapter loaded (FaceID's LoRA fused; Plus-face has none) and
+        per-sample gated identity attention, placed on the device; compiled when asked (styles then hot-swap into
+        one LoRA slot)."""
         torch.set_grad_enabled(False)
         pipe = self.source.diffusion_pipeline()
         pipe.load_ip_adapter(
@@ -69,7 +79,8 @@ class Models:
         return pipe
 
     @functools.cached_property
-    def identity_encoder(self) -> ArcFaceONNX:
+    def identity_encoder(self) -> IdentityEncoder:
+        """What conditions the sampler: ArcFace (FaceID profiles) or the Plus-face CLIP encoder (commercial)."""
         return self.source.identity_encoder()
 
     @functools.cached_property
@@ -77,17 +88,11 @@ class Models:
         return self.source.face_analyzer()
 
     @functools.cached_property
-    def identity_recognizer(self) -> ArcFaceRecognizer:
-        """The ArcFace embedding that conditions the sampler."""
-        return ArcFaceRecognizer(self.identity_encoder)
-
-    @functools.cached_property
     def recognizer(self) -> Recognizer:
-        """What ranks: ArcFace (the same object as ``identity_recognizer``), except on tiny, whose ArcFace is a
-        small random net: dlib's real ResNet ranks there."""
-        if self.profile == "tiny":
-            return DlibRecognizer(self.faces)
-        return self.identity_recognizer
+        """What ranks and judges identity: always a face recognizer — ArcFace (the same object as
+        ``identity_encoder``) in production and full-size, dlib's ResNet on tiny (whose ArcFace is a small random
+        net), AuraFace in the commercial profiles (whose conditioning is CLIP)."""
+        return self.source.recognizer(self)
 
     @functools.cached_property
     def face_parser(self) -> FaceParser:

@@ -1,5 +1,5 @@
-"""Where a profile's models come from: seeded random weights built in code (``tiny``, ``full-size``) or the
-files of a production weights folder (``production``, see ``production.py``)."""
+"""What a profile's model source provides (``ModelSource``), and the sources of seeded random weights built in code
+(``tiny``, ``full-size``); ``production.py`` and ``commercial.py`` hold the others, ``profiles.py`` picks one."""
 
 from __future__ import annotations
 
@@ -10,21 +10,30 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from insightface.model_zoo import get_model
-from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.model_zoo.inswapper import INSwapper
 from spandrel import ImageModelDescriptor, ModelLoader
 
 from serve_app.pipeline.faces import DlibFaceAnalyzer, FaceAnalyzer
+from serve_app.pipeline.identity import IdentityEncoder
 from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.execution import onnx_providers, place_image_model
 from serve_app.pipeline.parsing import FaceParser, LandmarkFaceParser
+from serve_app.pipeline.recognition import ArcFaceRecognizer, DlibRecognizer, Recognizer
 from serve_app.pipeline.restoration import FaceRestorer
 from serve_app.pipeline.safety import SafetyChecker
 from serve_app.pipeline.upscale import UPSCALE_FACTORS
 
 if TYPE_CHECKING:
-    from serve_app.pipeline.settings import ModelSettings
+    from insightface.model_zoo.inswapper import INSwapper
+
+
+class SharedModels(Protocol):
+    """The models already built (``Models``) that a source's recognizer may share."""
+
+    @property
+    def faces(self) -> FaceAnalyzer: ...
+
+    @property
+    def identity_encoder(self) -> IdentityEncoder: ...
 
 
 class ModelSource(Protocol):
@@ -32,7 +41,10 @@ class ModelSource(Protocol):
 
     def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]: ...
 
-    def identity_encoder(self) -> ArcFaceONNX: ...
+    def identity_encoder(self) -> IdentityEncoder: ...
+
+    def recognizer(self, models: SharedModels) -> Recognizer:
+        """What ranks and judges identity: a face recognizer (``models`` lends the ones already built)."""
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]: ...
 
@@ -45,6 +57,14 @@ class ModelSource(Protocol):
     def face_swapper(self) -> INSwapper | None: ...
 
     def safety_checker(self) -> SafetyChecker: ...
+
+
+def random_upscalers(builders: ModuleType, device: torch.device) -> dict[int, ImageModelDescriptor]:
+    """Real-ESRGAN RRDBNets of ``builders``' size with seeded weights, loaded through spandrel."""
+    return {
+        scale: place_image_model(ModelLoader().load_from_state_dict(builders.rrdbnet_state_dict(scale)), device)
+        for scale in UPSCALE_FACTORS
+    }
 
 
 class RandomWeights:
@@ -60,18 +80,19 @@ class RandomWeights:
     def ip_adapter_state(self, unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
         return tiny.ip_adapter_faceid_state_dict(unet)  # shaped by the UNet: serves both profiles
 
-    def identity_encoder(self) -> ArcFaceONNX:
+    def identity_encoder(self) -> ArcFaceRecognizer:
+        from insightface.model_zoo import get_model
+
         with tempfile.TemporaryDirectory() as folder:
             onnx_path = self.builders.write_arcface_onnx(Path(folder) / "w600k_r50.onnx")
-            return get_model(str(onnx_path), providers=onnx_providers())
+            return ArcFaceRecognizer(get_model(str(onnx_path), providers=onnx_providers()))
+
+    def recognizer(self, models: SharedModels) -> Recognizer:
+        """tiny's ArcFace is a small random net: dlib's real ResNet ranks there; full-size ranks with its ArcFace."""
+        return DlibRecognizer(models.faces) if self.builders is tiny else models.identity_encoder
 
     def upscalers(self) -> dict[int, ImageModelDescriptor]:
-        return {
-            scale: place_image_model(
-                ModelLoader().load_from_state_dict(self.builders.rrdbnet_state_dict(scale)), self.device
-            )
-            for scale in UPSCALE_FACTORS
-        }
+        return random_upscalers(self.builders, self.device)
 
     def face_restorer(self) -> FaceRestorer:
         return self.builders.build_face_restorer(self.device)
@@ -88,19 +109,3 @@ class RandomWeights:
 
     def safety_checker(self) -> SafetyChecker:
         return self.builders.build_safety_checker(self.device, self.dtype)
-
-
-def model_source(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> ModelSource:
-    if settings.profile == "production":
-        from serve_app.pipeline.models.production import ProductionWeights
-        from serve_app.pipeline.models.weights import load_manifest
-
-        if settings.weights_dir is None:
-            raise ValueError("the production profile needs a weights folder (weights_dir)")
-        manifest = load_manifest(settings.weights_manifest)
-        return ProductionWeights(settings.weights_dir, manifest, device, dtype)
-    if settings.profile == "full-size":
-        from serve_app.pipeline.models import full_size
-
-        return RandomWeights(full_size, device, dtype)
-    return RandomWeights(tiny, device, dtype)

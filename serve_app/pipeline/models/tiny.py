@@ -6,6 +6,7 @@ offline in seconds."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import tempfile
 from pathlib import Path
 
@@ -15,11 +16,19 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from onnx import TensorProto, helper, numpy_helper
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from serve_app.pipeline.identity import ClipFaceEncoder, clip_processor
 from serve_app.pipeline.restoration import ClassicalFaceRestorer, FaceRestorer
-from serve_app.pipeline.safety import SafetyChecker
+from serve_app.pipeline.safety import ClipSafetyChecker, SafetyChecker
 
 SEED = 20261125
 CROSS_ATTENTION_DIM = 32
@@ -29,6 +38,18 @@ RRDB_FEATURES = 16
 RRDB_GROWTH = 32  # spandrel detects ESRGAN with the official growth width only
 RRDB_BLOCKS = 1
 SAFETY_PROJECTION_DIM = 32
+CLIP_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 224,
+    "patch_size": 32,
+    "projection_dim": 32,
+}
+RESAMPLER_HIDDEN = 64  # one head of 64 channels
+RESAMPLER_QUERIES = 16  # as ip-adapter-plus-face_sd15
+RESAMPLER_DEPTH = 4  # diffusers' IPAdapterPlusImageProjection has four blocks
 SAFETY_VISION = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -137,13 +158,8 @@ def write_tokenizer_files(folder: Path) -> None:
 def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
     """Random IP-Adapter-FaceID weights shaped for ``unet``, tiny or full-size (for SD1.5: ip-adapter-faceid_sd15
     without its LoRA), in the published key layout: ``image_proj`` (MLP + LayerNorm from the 512-d face embedding
-    to 4 tokens of ``unet.config.cross_attention_dim``) and ``ip_adapter`` (``{k}.to_k_ip`` / ``{k}.to_v_ip`` per
-    cross-attention processor, k = 1, 3, 5, … in ``unet.attn_processors`` order)."""
-    generator = torch.Generator().manual_seed(SEED + 1)
-
-    def weight(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
-
+    to 4 tokens of ``unet.config.cross_attention_dim``) and ``ip_adapter`` (see ``ip_adapter_attention_state``)."""
+    weight = seeded_weights(SEED + 1)
     cross_attention_dim = unet.config.cross_attention_dim
     embed_dim, hidden = IDENTITY_EMBED_DIM, IDENTITY_EMBED_DIM * 2
     image_proj = {
@@ -154,13 +170,68 @@ def ip_adapter_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[s
         "norm.weight": torch.ones(cross_attention_dim),
         "norm.bias": torch.zeros(cross_attention_dim),
     }
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter_attention_state(unet, weight)}
+
+
+def ip_adapter_plus_face_state_dict(
+    unet: UNet2DConditionModel, embed_dim: int = CLIP_VISION["hidden_size"]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Random IP-Adapter Plus-face weights for ``unet`` in the published key layout of ip-adapter-plus-face_sd15:
+    ``image_proj`` is the Resampler (``latents`` [1, queries, hidden], ``proj_in`` from the CLIP encoder's hidden
+    size ``embed_dim``, four blocks ``layers.i.0`` (``norm1``, ``norm2``, ``to_q``, ``to_kv``, ``to_out``) and
+    ``layers.i.1`` (LayerNorm, Linear, GELU, Linear), ``proj_out`` to the cross-attention width and ``norm_out``);
+    diffusers reads one head per 64 channels of ``to_q``. ``ip_adapter`` as for FaceID."""
+    weight = seeded_weights(SEED + 2)
+    hidden, output = RESAMPLER_HIDDEN, unet.config.cross_attention_dim
+    image_proj = {
+        "latents": weight(1, RESAMPLER_QUERIES, hidden),
+        "proj_in.weight": weight(hidden, embed_dim),
+        "proj_in.bias": torch.zeros(hidden),
+        "proj_out.weight": weight(output, hidden),
+        "proj_out.bias": torch.zeros(output),
+        "norm_out.weight": torch.ones(output),
+        "norm_out.bias": torch.zeros(output),
+    }
+    for layer in range(RESAMPLER_DEPTH):
+        block = f"layers.{layer}"
+        for norm in (f"{block}.0.norm1", f"{block}.0.norm2", f"{block}.1.0"):
+            image_proj[f"{norm}.weight"], image_proj[f"{norm}.bias"] = torch.ones(hidden), torch.zeros(hidden)
+        image_proj[f"{block}.0.to_q.weight"] = weight(hidden, hidden)
+        image_proj[f"{block}.0.to_kv.weight"] = weight(2 * hidden, hidden)
+        image_proj[f"{block}.0.to_out.weight"] = weight(hidden, hidden)
+        image_proj[f"{block}.1.1.weight"] = weight(4 * hidden, hidden)
+        image_proj[f"{block}.1.3.weight"] = weight(hidden, 4 * hidden)
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter_attention_state(unet, weight)}
+
+
+def seeded_weights(seed: int) -> Callable[..., torch.Tensor]:
+    """``weight(*shape)``: Gaussian weights scaled by the fan-in, from one seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
+
+
+def ip_adapter_attention_state(
+    unet: UNet2DConditionModel, weight: Callable[..., torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """An IP-Adapter's ``ip_adapter`` part: ``{k}.to_k_ip`` / ``{k}.to_v_ip`` per cross-attention processor,
+    k = 1, 3, 5, … in ``unet.attn_processors`` order."""
+    cross_attention_dim = unet.config.cross_attention_dim
     ip_adapter = {}
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn2.processor"):
             hidden_size = unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
             for projection in ("to_k_ip", "to_v_ip"):
                 ip_adapter[f"{index}.{projection}.weight"] = weight(hidden_size, cross_attention_dim)
-    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+    return ip_adapter
+
+
+def build_clip_face_encoder(device: torch.device, dtype: torch.dtype) -> ClipFaceEncoder:
+    """A two-layer CLIP vision tower on 224² inputs (patches of 32) with CLIP's preprocessing: the Plus-face
+    adapter's image encoder, as ``CLIPVisionModelWithProjection`` like h94's ``models/image_encoder``."""
+    torch.manual_seed(SEED + 3)
+    with torch.device(device):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VISION))
+    return ClipFaceEncoder(model.to(dtype).eval(), clip_processor(CLIP_VISION["image_size"]))
 
 
 def write_arcface_onnx(path: Path) -> Path:
@@ -261,9 +332,7 @@ def random_safety_checker(vision: dict, projection_dim: int, device: torch.devic
     torch.manual_seed(SEED + 40)
     with torch.device(device):
         model = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vision, projection_dim=projection_dim))
-    side = vision["image_size"]
-    processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    return SafetyChecker(model.to(dtype).eval(), processor)
+    return ClipSafetyChecker(model.to(dtype).eval(), clip_processor(vision["image_size"]))
 
 
 def random_style_lora(unet: UNet2DConditionModel, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:

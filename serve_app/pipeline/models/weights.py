@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -20,10 +21,13 @@ from typing import Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 
+from serve_app.pipeline.settings import COMMERCIAL_PROFILES, WEIGHTS_PROFILES, ModelSettings
+
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[3] / "configs" / "weights.yaml"
+COMMERCIAL_MANIFEST = DEFAULT_MANIFEST.with_name("weights-commercial.yaml")
 LOCK_FILE = "weights.lock.json"
 CHECKPOINT_WRAPPERS = ("params_ema", "params", "state_dict")  # basicsr keeps the EMA weights under params_ema
 HASH_CHUNK = 16 * 1024 * 1024
@@ -53,14 +57,26 @@ class WeightFile(BaseModel):
 
 
 class WeightModel(BaseModel):
+    """A model's files: fetched from a Hugging Face ``repo`` at a ``revision``, or shipped inside an installed
+    Python ``package`` (then every file has its sha256, checked in place; nothing is fetched)."""
+
     model_config = ConfigDict(extra="forbid")
 
     stages: list[str]
     licence: str
     commercial_use: bool
-    repo: str
+    repo: str | None = None
+    package: str | None = Field(None, description="the import name of the package whose files these are")
     revision: str = "main"
     files: list[WeightFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WeightModel:
+        if (self.repo is None) == (self.package is None):
+            raise ValueError("a model comes from exactly one of repo and package")
+        if self.package and any(weight.sha256 is None for weight in self.files):
+            raise ValueError(f"every file of package {self.package!r} needs its sha256")
+        return self
 
 
 class WeightsManifest(BaseModel):
@@ -69,14 +85,87 @@ class WeightsManifest(BaseModel):
     models: dict[str, WeightModel]
 
     def entries(self) -> Iterator[tuple[str, WeightModel, WeightFile]]:
+        """Every file fetched into the weights folder (packaged files are not)."""
         for name, model in self.models.items():
-            for weight in model.files:
-                yield name, model, weight
+            if model.package is None:
+                for weight in model.files:
+                    yield name, model, weight
+
+    def packaged_file(self, name: str, file: str | None = None) -> Path:
+        """A packaged model's file (its only one when ``file`` is None), checked against its sha256."""
+        model = self.models[name]
+        weights = [weight for weight in model.files if file is None or weight.file == file]
+        if model.package is None or len(weights) != 1:
+            raise WeightsError(f"model {name!r} has no packaged file {file or ''}".rstrip())
+        path = package_folder(model.package) / weights[0].file
+        if problem := packaged_file_problem(path, weights[0]):
+            raise WeightsError(problem)
+        return path
+
+    def packaged_problems(self) -> list[str]:
+        """Problems with the packaged models' files, one line per file."""
+        problems = []
+        for name, model in self.models.items():
+            if model.package is not None:
+                folder = package_folder(model.package)
+                problems += filter(None, (packaged_file_problem(folder / weight.file, weight) for weight in model.files))
+        return problems
+
+    def not_cleared(self) -> list[str]:
+        """The models not marked for commercial use, each with its licence."""
+        return [f"{name} ({model.licence})" for name, model in self.models.items() if not model.commercial_use]
+
+
+def package_folder(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise WeightsError(f"the package {package!r} is not installed")
+    return Path(spec.origin).parent
+
+
+@functools.cache
+def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def packaged_file_problem(path: Path, weight: WeightFile) -> str | None:
+    if not path.is_file():
+        return f"{path}: missing from its package"
+    stat = path.stat()
+    if _cached_sha256(path, stat.st_size, stat.st_mtime_ns) != weight.sha256:
+        return f"{path}: its sha256 is not the manifest's {weight.sha256}"
+    return None
+
+
+def default_manifest(profile: str) -> Path:
+    """The repository's manifest of a profile's weights: ``configs/weights-commercial.yaml`` for the commercial
+    profiles, ``configs/weights.yaml`` for the others."""
+    return COMMERCIAL_MANIFEST if profile in COMMERCIAL_PROFILES else DEFAULT_MANIFEST
 
 
 def load_manifest(path: Path | None = None) -> WeightsManifest:
     """The manifest at ``path``, by default the repository's ``configs/weights.yaml``."""
     return WeightsManifest.model_validate(yaml.safe_load(Path(path or DEFAULT_MANIFEST).read_text(encoding="utf-8")))
+
+
+def check_profile_weights(settings: ModelSettings) -> None:
+    """Refuse, before serving, what a profile must not or cannot load: a commercial profile's models not cleared
+    for commercial use, a weights folder's missing or corrupt files, a packaged model's changed file."""
+    if settings.profile not in COMMERCIAL_PROFILES + WEIGHTS_PROFILES:
+        return  # tiny and full-size build every model in code
+    manifest = load_manifest(settings.weights_manifest or default_manifest(settings.profile))
+    require_cleared(manifest, settings.profile)
+    problems = check_files(settings.weights_dir, manifest) if settings.weights_dir else manifest.packaged_problems()
+    if problems:
+        raise WeightsError(f"the {settings.profile} profile's weights are not usable:\n  " + "\n  ".join(problems))
+
+
+def require_cleared(manifest: WeightsManifest, profile: str) -> None:
+    """A commercial profile refuses a manifest with any model not marked ``commercial_use: true``, naming them."""
+    if profile in COMMERCIAL_PROFILES and (names := manifest.not_cleared()):
+        raise WeightsError(
+            f"the {profile} profile loads only models cleared for commercial use; not cleared: {', '.join(names)}"
+        )
 
 
 def file_sha256(path: Path) -> str:
@@ -121,7 +210,7 @@ def check_files(folder: Path, manifest: WeightsManifest) -> list[str]:
         return [f"{folder}: the weights folder does not exist; run `python -m serve_app weights fetch --dir {folder}`"]
     lock = read_lock(folder)
     problems = (file_problem(folder, lock, name, weight) for name, _, weight in manifest.entries())
-    return [problem for problem in problems if problem]
+    return [problem for problem in problems if problem] + manifest.packaged_problems()
 
 
 def file_problem(folder: Path, lock: dict[str, dict], name: str, weight: WeightFile) -> str | None:
