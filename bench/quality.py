@@ -4,16 +4,19 @@ reference faces, styles, seeds, steps and size.
     python bench/quality.py --profile tiny --out /tmp/quality
     python bench/quality.py --profile full-size --out DIR                   # a GPU: production shapes, random weights
     python bench/quality.py --profile production --weights-dir W --out DIR  # real weights: real figures
+    python bench/quality.py --profile tiny-commercial --out DIR              # the commercial code paths
 
 Methods (the style's LoRA active in all):
 - ``blend``: the service's sampler (prompt-only layout to t1, then identity λ·M inside the layout's face mask),
   without face fusion and upscaling, so that the sampler is what is judged;
 - ``blend_fused``: the same candidates after the fusion ranker's face fusion and ×2 upscaling (reported apart);
-- ``plain_ip_adapter``: IP-Adapter-FaceID identity in every step and everywhere (the standard diffusers way);
+- ``plain_ip_adapter``: the profile's IP-Adapter (FaceID; Plus-face on the commercial profiles) in every step and
+  everywhere (the standard diffusers way);
 - ``no_identity``: the prompt alone.
 
 Metrics, per image and averaged per method:
-- ``identity_similarity``: dlib's ResNet descriptor (a recognizer other than the ArcFace that conditions) of the
+- ``identity_similarity``: dlib's ResNet descriptor (a face recognizer other than what conditions: ArcFace, or the
+  commercial profiles' CLIP tower; summary.json's ``judge`` names all three) of the
   image's face against the reference's, 1 − distance/1.2 clipped to 0..1 (> 0.5 ≈ the same person); null when
   dlib finds no face (``face_found`` is the share it found);
 - ``non_face_similarity_to_reference``: how much everything outside the face (hair, clothes, background: the
@@ -60,7 +63,7 @@ from serve_app.pipeline.portrait import make_plan
 from serve_app.pipeline.preprocess import Reference, preprocess
 from serve_app.pipeline.recognition import DlibRecognizer
 from serve_app.pipeline.sampling import IDENTITY, IDENTITY_FREE, SamplingPlan, decode_latents
-from serve_app.pipeline.settings import ModelSettings
+from serve_app.pipeline.settings import PROFILES, ModelSettings
 from serve_app.pipeline.upscale import upscale_portrait
 from serve_app.portrait_request import portrait_request
 from serve_app.sample import sample_face
@@ -375,7 +378,7 @@ def plot_lambda_sweep(out: Path, sweep: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="tiny", choices=["tiny", "full-size", "production"])
+    parser.add_argument("--profile", default="tiny", choices=PROFILES)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--faces", type=Path, nargs="*", default=[], help="reference images (default: the sample face)")
     parser.add_argument("--styles", nargs="*", default=None, help="style ids (default: every live style)")
@@ -401,7 +404,11 @@ def main() -> None:
     sweep = lambda_sweep(cases)
     result = {
         "profile": args.profile,
-        "judge": "dlib ResNet descriptor (conditioning: ArcFace)",
+        "judge": {
+            "identity_similarity": run.judge.recognizer.name,
+            "conditioning": models.identity_encoder.name,
+            "ranker": models.recognizer.name,
+        },
         "faces": [face.name for face in faces],
         "styles": [style.versioned_id for style in styles],
         "seeds": args.seeds,

@@ -1,7 +1,9 @@
-"""A production weights folder in miniature: every file ``configs/weights.yaml`` names, at the same path and in
-the same format as the real one, holding tiny random-weight models — so ``weights verify`` and every production
-loader run for real in CI. Pickle checkpoints are written as the hub has them (``.pth``/``.bin``) into a fake
-hub folder, so ``weights fetch`` converts them as it does the real downloads."""
+"""A production weights folder in miniature: every file ``configs/weights.yaml`` (or
+``configs/weights-commercial.yaml``) fetches, at the same path and in the same format as the real one, holding
+tiny random-weight models — so ``weights verify`` and every production and commercial loader run for real in CI.
+Pickle checkpoints are written as the hub has them (``.pth``/``.bin``) into a fake hub folder, so ``weights fetch``
+converts them as it does the real downloads. Packaged models (``package:``) are not on the hub: nothing writes
+them here."""
 
 from __future__ import annotations
 
@@ -11,8 +13,14 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
 from tiny_onnx import write_inswapper_onnx, write_scrfd_onnx
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+)
 
 from serve_app.pipeline.models import tiny
 from serve_app.pipeline.models.full_size import gfpgan_state_dict
@@ -48,20 +56,25 @@ SPECIAL_TOKENS = {
 }
 
 
-def manifest_without_hashes() -> WeightsManifest:
-    """The real manifest (same models, files, conversions) minus the published hashes, which tiny files lack."""
-    data = load_manifest().model_dump()
+def manifest_without_hashes(path: Path | None = None) -> WeightsManifest:
+    """A real manifest (same models, files, conversions; by default ``configs/weights.yaml``) minus the published
+    hashes of the fetched files, which tiny files lack. Packaged files keep theirs: they are the real ones."""
+    data = load_manifest(path).model_dump()
     for model in data["models"].values():
-        for weight in model["files"]:
-            weight["sha256"] = None
+        if model["package"] is None:
+            for weight in model["files"]:
+                weight["sha256"] = None
     return WeightsManifest.model_validate(data)
 
 
 def write_hub(hub: Path, manifest: WeightsManifest) -> None:
-    """Every source file at ``hub/<repo>/<file>``, as the Hugging Face Hub serves them."""
+    """Every fetched file at ``hub/<repo>/<file>``, as the Hugging Face Hub serves them (production's and the
+    commercial manifest's models; only those ``manifest`` names are written)."""
     sources = {
         "base": write_base_model,
         "ip_adapter_faceid": write_ip_adapter,
+        "ip_adapter_plus_face": write_ip_adapter_plus_face,
+        "image_encoder": write_image_encoder,
         "face_detector": lambda folder, files: write_scrfd_onnx(folder / files[0]),
         "face_recognizer": lambda folder, files: tiny.write_arcface_onnx(folder / files[0]),
         "face_swapper": lambda folder, files: write_inswapper_onnx(folder / files[0]),
@@ -72,6 +85,8 @@ def write_hub(hub: Path, manifest: WeightsManifest) -> None:
         "safety_checker": write_safety_checker,
     }
     for name, model in manifest.models.items():
+        if model.package is not None:
+            continue  # shipped in an installed package, never fetched
         folder = hub / model.repo
         files = [weight.file for weight in model.files]
         for file in files:
@@ -91,6 +106,21 @@ def hub_downloader(hub: Path):
         return target
 
     return download
+
+
+def fake_hf_hub_download(hub: Path):
+    """A stand-in for ``huggingface_hub.hf_hub_download`` (as ``weights.hub_download`` calls it) reading the fake
+    hub: what ``python -m serve_app weights fetch`` downloads when it is monkeypatched in. Records each call."""
+
+    def hf_hub_download(repo_id: str, filename: str, *, revision: str, local_dir: Path, **_) -> str:
+        hf_hub_download.calls.append(f"{repo_id}/{filename}@{revision}")
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hub / repo_id / filename, target)
+        return str(target)
+
+    hf_hub_download.calls = []
+    return hf_hub_download
 
 
 def write_base_model(folder: Path, files: list[str]) -> None:
@@ -118,6 +148,23 @@ def write_ip_adapter(folder: Path, files: list[str]) -> None:
     state = tiny.ip_adapter_faceid_state_dict(unet)
     state["ip_adapter"].update(identity_lora(unet))
     torch.save(state, folder / files[0])
+
+
+def write_ip_adapter_plus_face(folder: Path, files: list[str]) -> None:
+    """h94's ip-adapter-plus-face_sd15.safetensors: flat ``image_proj.*`` (the Resampler, reading the tiny CLIP
+    tower's hidden size) and ``ip_adapter.*`` keys for the tiny UNet's cross-attention width, in fp16 as published."""
+    unet = tiny.build_diffusion_pipeline().unet
+    state = tiny.ip_adapter_plus_face_state_dict(unet)
+    flat = {f"{part}.{key}": tensor.half() for part, tensors in state.items() for key, tensor in tensors.items()}
+    save_file(flat, str(folder / files[0]))
+
+
+def write_image_encoder(folder: Path, files: list[str]) -> None:
+    """h94's ``models/image_encoder``: a ``CLIPVisionModelWithProjection`` saved by ``save_pretrained``
+    (config.json + model.safetensors), here the tiny tower of ``tiny.CLIP_VISION``."""
+    torch.manual_seed(tiny.SEED + 32)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny.CLIP_VISION))
+    model.save_pretrained(folder / Path(files[0]).parent, safe_serialization=True)
 
 
 def identity_lora(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:

@@ -21,7 +21,23 @@ def test_the_quality_bench_writes_its_report_and_prints_its_figures(tmp_path):
         assert figures["images"] == 2 and 0 <= figures["non_face_similarity_to_reference"] <= 1
         assert figures["prompt_adherence"] is None  # no CLIP model on any profile
     assert printed["locality"]["outside_mask_ratio"] < 0.05
+    assert printed["judge"] == {  # the judge is never what conditions
+        "identity_similarity": "dlib-resnet-v1", "conditioning": "arcface-w600k_r50", "ranker": "dlib-resnet-v1"
+    }
     assert [point["lambda"] for point in printed["lambda_sweep"]] == [0.25, 0.5, 0.75, 1.0]
     report = (tmp_path / "report.html").read_text()
     assert report.count("<img") == 1 + 1 + 4 * 2 + 2 + 4  # plot, reference, methods × seeds, masks, λ strip
     assert all((tmp_path / name).stat().st_size > 0 for name in ("lambda_sweep.png", "images"))
+
+
+def test_on_tiny_commercial_the_judge_is_a_face_recognizer_and_the_conditioning_clip(tmp_path):
+    command = [sys.executable, str(REPO / "bench" / "quality.py"), "--profile", "tiny-commercial", "--out",
+               str(tmp_path), "--styles", "film-noir", "--seeds", "0", "--steps", "4", "--size", "64"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["judge"] == {
+        "identity_similarity": "dlib-resnet-v1",
+        "conditioning": "clip-vision-plus-face",
+        "ranker": "auraface-v1-tiny-random",
+    }
+    assert printed["methods"]["blend"]["images"] == 1

@@ -19,6 +19,8 @@ FACE_CROP_ZOOM = 0.8  # the ArcFace template shrunk about its centre: the crop s
 
 
 class IdentityEncoder(Protocol):
+    name: str
+
     def describe(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """The embedding the IP-Adapter's image projection takes for this face."""
 
@@ -45,6 +47,8 @@ class ClipFaceEncoder:
     """IP-Adapter Plus-face's identity: the CLIP vision tower's penultimate hidden states [tokens, D] of the
     aligned face crop; its negative is the encoding of an all-zero pixel tensor (what diffusers and the
     IP-Adapter reference code use for the unconditional branch)."""
+
+    name = "clip-vision-plus-face"
 
     def __init__(self, model: CLIPVisionModelWithProjection, processor: CLIPImageProcessor) -> None:
         self.model, self.processor = model, processor
