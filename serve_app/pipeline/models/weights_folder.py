@@ -112,5 +112,5 @@ def verify_loadable(weights: WeightsFolder) -> list[str]:
         try:
             load()
         except Exception as error:  # noqa: BLE001 — every loader failure is reported, naming the model
-            problems.append(f"{name}: cannot be loaded from {weights.model_folder(name)}: {error}")
+            problems.append(f"{name}: cannot be loaded from {weights.folder / name}: {error}")
     return problems
