@@ -46,6 +46,20 @@ def test_local_config_builds(monkeypatch):
     assert parse_args(shipped_application("serve.local.yaml")["args"]).styles_dir == str(REPO / "styles")
 
 
+def test_tiny_commercial_config_builds(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert parse_args(shipped_application("serve.tiny-commercial.yaml")["args"]).profile == "tiny-commercial"
+
+
+def test_commercial_config_differs_from_production_in_profile_and_weights_only():
+    production, commercial = shipped_application("serve.yaml"), shipped_application("serve.commercial.yaml")
+    assert commercial["args"] == {**production["args"], "profile": "commercial",
+                                  "weights_dir": "/srv/portrait-weights-commercial"}
+    assert commercial["deployments"] == production["deployments"]
+    with pytest.raises(PortraitConfigError, match="portrait-styles"):  # validated: no style library here
+        parse_args(commercial["args"])
+
+
 def test_production_config_is_valid_and_fits_one_gpu():
     application = shipped_application("serve.yaml")
     args = PortraitAppArgs.model_validate(application["args"])
