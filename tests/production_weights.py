@@ -7,11 +7,14 @@ them here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from tiny_onnx import write_inswapper_onnx, write_scrfd_onnx
@@ -65,6 +68,23 @@ def manifest_without_hashes(path: Path | None = None) -> WeightsManifest:
             for weight in model["files"]:
                 weight["sha256"] = None
     return WeightsManifest.model_validate(data)
+
+
+def saved_manifest(folder: Path, manifest: WeightsManifest, name: str) -> Path:
+    """``manifest`` written as YAML to ``folder/name``, for ``--manifest`` and ``weights_manifest``."""
+    path = folder / name
+    path.write_text(yaml.safe_dump(manifest.model_dump()))
+    return path
+
+
+@contextlib.contextmanager
+def fake_hub(folder: Path, manifest: WeightsManifest) -> Iterator[Path]:
+    """A fake Hugging Face Hub in ``folder`` serving ``manifest``'s repo files, removed afterwards (hundreds of MB)."""
+    write_hub(folder, manifest)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 def write_hub(hub: Path, manifest: WeightsManifest) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from production_weights import fake_hf_hub_download, manifest_without_hashes, write_hub
+from production_weights import fake_hf_hub_download, fake_hub, manifest_without_hashes, saved_manifest
 
 from serve_app.__main__ import main
 from serve_app.in_process import generate
@@ -61,17 +61,13 @@ def manifest() -> WeightsManifest:
 
 @pytest.fixture(scope="module")
 def manifest_file(tmp_path_factory, manifest) -> Path:
-    path = tmp_path_factory.mktemp("commercial-manifest") / "weights-commercial.yaml"
-    path.write_text(yaml.safe_dump(manifest.model_dump()))
-    return path
+    return saved_manifest(tmp_path_factory.mktemp("commercial-manifest"), manifest, "weights-commercial.yaml")
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, manifest) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("commercial-hub")
-    write_hub(folder, manifest)  # no GFPGAN: the commercial manifest has no face_restorer
-    yield folder
-    shutil.rmtree(folder)
+    with fake_hub(tmp_path_factory.mktemp("commercial-hub"), manifest) as folder:  # no GFPGAN: no face_restorer
+        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.inswapper import INSwapper
 from insightface.model_zoo.scrfd import SCRFD
-from production_weights import hub_downloader, manifest_without_hashes, write_hub
+from production_weights import fake_hub, hub_downloader, manifest_without_hashes, saved_manifest
 from sd_single_file import write_single_file_checkpoint
 
 from serve_app.__main__ import main
@@ -40,17 +39,13 @@ def manifest():
 
 @pytest.fixture(scope="session")
 def manifest_file(tmp_path_factory, manifest) -> Path:
-    path = tmp_path_factory.mktemp("manifest") / "weights.yaml"
-    path.write_text(yaml.safe_dump(manifest.model_dump()))
-    return path
+    return saved_manifest(tmp_path_factory.mktemp("manifest"), manifest, "weights.yaml")
 
 
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, manifest) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("hub")
-    write_hub(folder, manifest)
-    yield folder
-    shutil.rmtree(folder)  # ≈ 350 MB, mostly the GFPGAN-sized pickle
+    with fake_hub(tmp_path_factory.mktemp("hub"), manifest) as folder:  # ≈ 350 MB, mostly the GFPGAN-sized pickle
+        yield folder
 
 
 @pytest.fixture(scope="session")
