@@ -40,7 +40,7 @@ def naive_step(pipe, scheduler, latents, timestep, conditioning, masks, identity
             .prev_sample
             for gate in (IDENTITY_FREE, IDENTITY)
         ]
-        fused.append(fuse_branches(*branches, masks[index : index + 1], identity_weight))
+        fused.append(fuse_branches(branches[0], branches[1][None], masks[index : index + 1], identity_weight))
     return torch.cat(fused)
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     plan = SamplingPlan(
         prompt="studio portrait photo of a person",
         negative_prompt="blurry",
-        identity_embedding=torch.nn.functional.normalize(torch.randn(512), dim=0),
+        identity_embeddings=(torch.nn.functional.normalize(torch.randn(512), dim=0),),
         seeds=tuple(range(args.candidates)),
         size=args.size,
         steps=12,

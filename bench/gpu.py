@@ -247,7 +247,7 @@ def sampling_plan(style: Style, candidates: int, size: int, steps: int) -> Sampl
     return SamplingPlan(
         prompt=style.manifest.prompt("a person"),
         negative_prompt=style.manifest.negative_prompt,
-        identity_embedding=identity,
+        identity_embeddings=(identity,),
         seeds=tuple(range(1, 1 + candidates)),
         size=size,
         steps=steps,

@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from numerics import assert_images_close, assert_tensors_close
 
-from serve_app.pipeline.blend import blend_sample, fuse_branches
+from serve_app.pipeline.blend import blend_sample, disjoint_masks, fuse_branches
 from serve_app.pipeline.sampling import (
     IDENTITY,
     IDENTITY_FREE,
@@ -29,7 +29,7 @@ def plan() -> SamplingPlan:
     return SamplingPlan(
         prompt="studio portrait photo of a person",
         negative_prompt="blurry",
-        identity_embedding=embedding,
+        identity_embeddings=(embedding,),
         seeds=(11, 12, 13, 14),
         size=64,
         steps=6,
@@ -48,7 +48,7 @@ def adapter_case(request, models, commercial_models, plan) -> tuple:
     tokens = commercial_models.identity_encoder.negative.shape
     generator = torch.Generator().manual_seed(5)
     embedding, negative = torch.randn(2, *tokens, generator=generator)
-    plus_plan = SamplingPlan(**{**plan.__dict__, "identity_embedding": embedding, "identity_negative": negative})
+    plus_plan = SamplingPlan(**{**plan.__dict__, "identity_embeddings": (embedding,), "identity_negative": negative})
     return commercial_models.diffusion, plus_plan
 
 
@@ -69,8 +69,9 @@ def stock_unet(unet):
     return reference
 
 
-def stock_cfg_noise(unet, latent, timestep, conditioning, ip_scale: float) -> torch.Tensor:
-    """One candidate, one branch: the classic batch-2 CFG call with the IP-Adapter scale set to ``ip_scale``."""
+def stock_cfg_noise(unet, latent, timestep, conditioning, ip_scale: float, person: int = 0) -> torch.Tensor:
+    """One candidate, one branch: the classic batch-2 CFG call with ``person``'s identity and the IP-Adapter scale
+    set to ``ip_scale``."""
     for processor in unet.attn_processors.values():
         if isinstance(processor, IPAdapterAttnProcessor2_0):
             processor.scale = [ip_scale]
@@ -78,7 +79,9 @@ def stock_cfg_noise(unet, latent, timestep, conditioning, ip_scale: float) -> to
         latent.repeat(2, 1, 1, 1),
         timestep,
         encoder_hidden_states=torch.cat([conditioning.negative, conditioning.positive]),
-        added_cond_kwargs={"image_embeds": [torch.cat([conditioning.identity_negative, conditioning.identity])]},
+        added_cond_kwargs={
+            "image_embeds": [torch.cat([conditioning.identity_negative, conditioning.identities[:, person : person + 1]])]
+        },
     ).sample
     negative, positive = noise.chunk(2)
     return negative + conditioning.guidance[:, None, None, None] * (positive - negative)
@@ -109,12 +112,61 @@ def test_batched_step_equals_separate_stock_calls(adapter_case):
     assert (batched[1] - batched[0]).abs().max() > 1e-3
 
 
+def test_batched_step_with_three_people_equals_separate_stock_calls(adapter_case):
+    """The group step: the identity-free branch and one branch per person, each with its own identity, in one UNet
+    call; each equals the stock single-identity call with that person's embedding (same measured tolerance)."""
+    pipe, plan = adapter_case
+    generator = torch.Generator().manual_seed(9)
+    first = plan.identity_embeddings[0]
+    others = tuple(torch.randn(first.shape, generator=generator) for _ in range(2))
+    group = SamplingPlan(**{**plan.__dict__, "identity_embeddings": (first, *others)})
+    conditioning = encode_conditioning(pipe, [group])
+    scheduler = make_scheduler(pipe, group.steps)
+    timestep = scheduler.timesteps[2]
+    latents = scheduler.scale_model_input(initial_latents(pipe, group.seeds, group.size), timestep)
+
+    gates, people = (IDENTITY_FREE, IDENTITY, IDENTITY, IDENTITY), (0, 0, 1, 2)
+    batched = guided_noise(pipe, latents, timestep, conditioning, gates, people)
+
+    reference = stock_unet(pipe.unet)
+    with torch.inference_mode():
+        for index in range(len(group.seeds)):
+            latent = latents[index : index + 1]
+            single = conditioning.candidates(slice(index, index + 1))
+            for branch, (gate, person) in enumerate(zip(gates, people)):
+                expected = stock_cfg_noise(reference, latent, timestep, single, ip_scale=gate, person=person)
+                assert_tensors_close(batched[branch, index : index + 1], expected)
+    # every person's branch differs from every other's: no identity is copied onto another
+    for a, b in ((1, 2), (1, 3), (2, 3)):
+        assert (batched[a] - batched[b]).abs().max() > 1e-3
+
+
+def test_fuse_gives_each_region_its_own_identity_and_the_rest_none():
+    generator = torch.Generator().manual_seed(1)
+    free, first, second = torch.randn(3, 2, 4, 8, 8, generator=generator)
+    masks = torch.zeros(2, 2, 8, 8)
+    masks[:, 0, :, :3], masks[:, 1, :, 5:] = 1.0, 1.0  # person 1 on the left, person 2 on the right
+    fused = fuse_branches(free, torch.stack([first, second]), masks, identity_weight=1.0)
+    assert torch.equal(fused[..., :3], first[..., :3])
+    assert torch.equal(fused[..., 5:], second[..., 5:])
+    assert torch.equal(fused[..., 3:5], free[..., 3:5])
+
+
+def test_overlapping_masks_are_normalised_where_they_sum_over_one():
+    masks = torch.tensor([[[[1.0, 0.6, 0.0]], [[0.0, 0.9, 0.3]]]])  # [N=1, P=2, 1, 3]
+    disjoint = disjoint_masks(masks)
+    assert torch.allclose(disjoint.sum(1), torch.tensor([[[1.0, 1.0, 0.3]]]))
+    assert torch.allclose(disjoint[0, :, 0, 1], torch.tensor([0.4, 0.6]))  # shares kept where they touch
+    single = torch.rand(2, 1, 4, 4)
+    assert disjoint_masks(single) is single
+
+
 def test_fuse_extremes_are_exact():
     generator = torch.Generator().manual_seed(0)
     free, identity = torch.randn(2, 4, 4, 8, 8, generator=generator)
     mask = torch.rand(4, 1, 8, 8, generator=generator)
-    assert torch.equal(fuse_branches(free, identity, mask, identity_weight=0.0), free)
-    assert torch.equal(fuse_branches(free, identity, torch.ones_like(mask), identity_weight=1.0), identity)
+    assert torch.equal(fuse_branches(free, identity[None], mask, identity_weight=0.0), free)
+    assert torch.equal(fuse_branches(free, identity[None], torch.ones_like(mask), identity_weight=1.0), identity)
 
 
 def sample_single_branch(pipe, plan: SamplingPlan, latents: torch.Tensor, gate: float) -> list:
@@ -165,7 +217,7 @@ def test_requests_sampled_together_match_separate_runs(models, plan):
         **{
             **plan.__dict__,
             "prompt": "film noir portrait of a person",
-            "identity_embedding": -plan.identity_embedding,
+            "identity_embeddings": (-plan.identity_embeddings[0],),
             "seeds": (99, 100),
             "guidance_scale": 5.0,
             "identity_weight": 0.5,

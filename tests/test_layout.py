@@ -41,7 +41,7 @@ def test_generate_layout_gives_per_seed_latents_and_masks(models):
     plan = SamplingPlan(
         prompt="portrait of a person",
         negative_prompt="",
-        identity_embedding=torch.nn.functional.normalize(torch.ones(512), dim=0),
+        identity_embeddings=(torch.nn.functional.normalize(torch.ones(512), dim=0),),
         seeds=(1, 2, 3),
         size=64,
         steps=6,

@@ -12,7 +12,8 @@ from serve_app.styles.catalog import StyleCatalog
 
 
 def noise_of(pipe) -> torch.Tensor:
-    plan = SamplingPlan("a portrait", "", torch.nn.functional.normalize(torch.ones(512), dim=0), (1,), 64, 4, 7.0, 0.8, 0.5)
+    identity = torch.nn.functional.normalize(torch.ones(512), dim=0)
+    plan = SamplingPlan("a portrait", "", (identity,), (1,), 64, 4, 7.0, 0.8, 0.5)
     conditioning = encode_conditioning(pipe, [plan])
     return guided_noise(pipe, initial_latents(pipe, plan.seeds, 64), torch.tensor(500), conditioning, (0.0, 1.0))
 

@@ -43,9 +43,12 @@ def noise_branch_by_branch(
     timestep: torch.Tensor,
     conditioning: Conditioning,
     branch_gates: Sequence[float],
+    branch_people: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """``guided_noise`` the naive way, one UNet call per branch: the naive blend's noise."""
-    return torch.stack([guided_noise(pipe, latents, timestep, conditioning, (gate,))[0] for gate in branch_gates])
+    people = branch_people or [0] * len(branch_gates)
+    calls = zip(branch_gates, people)
+    return torch.stack([guided_noise(pipe, latents, timestep, conditioning, (gate,), (person,))[0] for gate, person in calls])
 
 
 @torch.inference_mode()

@@ -33,11 +33,22 @@ from serve_app.pipeline.sampling import (
 
 
 def fuse_branches(
-    free: torch.Tensor, identity: torch.Tensor, masks: torch.Tensor, identity_weight: float | torch.Tensor
+    free: torch.Tensor, identities: torch.Tensor, masks: torch.Tensor, identity_weight: float | torch.Tensor
 ) -> torch.Tensor:
-    """λ·M ⊙ identity + (1 − λ·M) ⊙ free, with M [N, 1, h, w] broadcast over channels; λ a float or [N, 1, 1, 1]."""
-    weight = identity_weight * masks
-    return weight * identity + (1 - weight) * free
+    """Σ_i λ·M_i ⊙ identity_i + (1 − λ·Σ_i M_i) ⊙ free: ``identities`` [P, N, C, h, w], one branch per person;
+    ``masks`` [N, P, h, w], broadcast over channels and disjoint where they touch (``disjoint_masks``); λ a float
+    or [N, 1, 1, 1]. For one person, λ·M ⊙ identity + (1 − λ·M) ⊙ free."""
+    weights = identity_weight * masks
+    fused = sum(weights[:, i : i + 1] * identity for i, identity in enumerate(identities))
+    return fused + (1 - weights.sum(1, keepdim=True)) * free
+
+
+def disjoint_masks(masks: torch.Tensor) -> torch.Tensor:
+    """People's masks [N, P, h, w] normalised where their sum exceeds 1, so no pixel takes more than a whole
+    identity and each region's identity dominates it (one person's mask is returned as it is)."""
+    if masks.shape[1] == 1:
+        return masks
+    return masks / masks.sum(1, keepdim=True).clamp(min=1.0)
 
 
 def identity_weights(plans: Sequence[SamplingPlan], latents: torch.Tensor) -> torch.Tensor:
@@ -48,7 +59,8 @@ def identity_weights(plans: Sequence[SamplingPlan], latents: torch.Tensor) -> to
 
 
 BranchNoise = Callable[..., torch.Tensor]
-"""``noise(pipe, latents, timestep, conditioning, branch_gates)`` → guided noise [branches, M, C, h, w]:
+"""``noise(pipe, latents, timestep, conditioning, branch_gates, branch_people)`` → guided noise [branches, M, C,
+h, w]:
 ``guided_noise`` (one UNet call for every branch) or the naive blend's branch-by-branch calls (``baselines``)."""
 
 
@@ -62,12 +74,16 @@ def blend_step(
     identity_weight: float | torch.Tensor,
     branch_noise: BranchNoise = guided_noise,
 ) -> torch.Tensor:
-    """One denoising step for all candidates: one UNet call, one scheduler step over both branches, one fuse."""
+    """One denoising step for all candidates: one UNet call (the identity-free branch and one identity branch per
+    person), one scheduler step over every branch, one fuse."""
+    people = masks.shape[1]
     model_input = scheduler.scale_model_input(latents, timestep)
-    noise = branch_noise(pipe, model_input, timestep, conditioning, branch_gates=(IDENTITY_FREE, IDENTITY))
-    both = scheduler.step(noise.flatten(0, 1), timestep, latents.repeat(2, 1, 1, 1)).prev_sample
-    free, identity = both.chunk(2)
-    return fuse_branches(free, identity, masks, identity_weight)
+    noise = branch_noise(
+        pipe, model_input, timestep, conditioning, (IDENTITY_FREE, *[IDENTITY] * people), (0, *range(people))
+    )
+    branches = scheduler.step(noise.flatten(0, 1), timestep, latents.repeat(1 + people, 1, 1, 1)).prev_sample
+    free, *identities = branches.chunk(1 + people)
+    return fuse_branches(free, torch.stack(identities), masks, identity_weight)
 
 
 class BlendRun(BatchedRun):

@@ -40,15 +40,19 @@ def make_plan(request: PortraitRequest, reference: Reference) -> SamplingPlan:
     return SamplingPlan(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        identity_embedding=torch.from_numpy(reference.identity_embedding),
+        identity_embeddings=(torch.from_numpy(reference.identity_embedding),),
         seeds=request.seeds,
         size=request.size,
         steps=request.steps,
         guidance_scale=request.guidance_scale,
         identity_weight=request.identity_weight,
         t1=request.t1,
-        identity_negative=None if reference.identity_negative is None else torch.from_numpy(reference.identity_negative),
+        identity_negative=optional_tensor(reference.identity_negative),
     )
+
+
+def optional_tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(array)
 
 
 def face_prior_ellipse(prior: FacePrior, size: int) -> Ellipse:

@@ -25,14 +25,15 @@ IDENTITY = 1.0
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Everything both diffusion stages need to agree on for one request. ``identity_embedding`` is what the
-    IP-Adapter's image projection takes for one image (FaceID: a [512] face embedding; Plus-face: the CLIP
-    encoder's [tokens, D] hidden states); ``identity_negative`` is its classifier-free-guidance counterpart
-    (None: zeros, as FaceID was trained; Plus-face: the encoding of a black image)."""
+    """Everything both diffusion stages need to agree on for one request. ``identity_embeddings`` holds, per person
+    (left to right; one for a single portrait), what the IP-Adapter's image projection takes for one image
+    (FaceID: a [512] face embedding; Plus-face: the CLIP encoder's [tokens, D] hidden states);
+    ``identity_negative`` is their classifier-free-guidance counterpart (None: zeros, as FaceID was trained;
+    Plus-face: the encoding of a black image)."""
 
     prompt: str
     negative_prompt: str
-    identity_embedding: torch.Tensor
+    identity_embeddings: tuple[torch.Tensor, ...]
     seeds: tuple[int, ...]
     size: int
     steps: int
@@ -47,14 +48,18 @@ class SamplingPlan:
         return min(self.steps - 1, max(1, round(self.t1 * self.steps)))
 
     @property
-    def schedule(self) -> tuple[int, int, int]:
-        """Plans with equal schedules can be sampled in one batch."""
-        return self.size, self.steps, self.layout_steps
+    def people(self) -> int:
+        return len(self.identity_embeddings)
+
+    @property
+    def schedule(self) -> tuple[int, int, int, int]:
+        """Plans with equal schedules can be sampled in one batch (the people count sets the branches)."""
+        return self.size, self.steps, self.layout_steps, self.people
 
 
 def schedule_groups(plans: Sequence[SamplingPlan]) -> list[list[int]]:
     """Indices of ``plans`` grouped by schedule, in first-seen order."""
-    groups: dict[tuple[int, int, int], list[int]] = {}
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
     for index, plan in enumerate(plans):
         groups.setdefault(plan.schedule, []).append(index)
     return list(groups.values())
@@ -65,19 +70,22 @@ def shared_schedule(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     if not plans:
         raise ValueError("no plans to sample")
     if len({plan.schedule for plan in plans}) != 1:
-        raise ValueError("plans sampled together must share size, steps and t1; group them with schedule_groups")
+        raise ValueError(
+            "plans sampled together must share size, steps, t1 and people; group them with schedule_groups"
+        )
     return plans[0]
 
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Per candidate (leading dimension M): negative and positive text embeddings [M, L, C], negative and positive
-    identity embeddings [M, 1, *E] (E the adapter's embedding shape) and guidance scales [M]."""
+    """Per candidate (leading dimension M): negative and positive text embeddings [M, L, C], the negative identity
+    embedding [M, 1, *E] (E the adapter's embedding shape), each person's identity embedding [M, P, *E] and
+    guidance scales [M]. ``identities[:, i:i + 1]`` is person i as the UNet takes it (one image per row)."""
 
     negative: torch.Tensor
     positive: torch.Tensor
     identity_negative: torch.Tensor
-    identity: torch.Tensor
+    identities: torch.Tensor
     guidance: torch.Tensor
 
     def candidates(self, rows: slice | torch.Tensor) -> Conditioning:
@@ -103,11 +111,13 @@ def encode_conditioning(pipe: StableDiffusionPipeline, plans: Sequence[SamplingP
             do_classifier_free_guidance=True,
             negative_prompt=plan.negative_prompt,
         )
-        identity = plan.identity_embedding
-        identity_negative = torch.zeros_like(identity) if plan.identity_negative is None else plan.identity_negative
+        identities = torch.stack(plan.identity_embeddings)
+        identity_negative = (
+            torch.zeros_like(identities[0]) if plan.identity_negative is None else plan.identity_negative
+        )[None]
         per_candidate = [
-            embedding[None, None].to(pipe.device, pipe.unet.dtype).expand(len(plan.seeds), 1, *embedding.shape)
-            for embedding in (identity_negative, identity)
+            embeddings[None].to(pipe.device, pipe.unet.dtype).expand(len(plan.seeds), *embeddings.shape)
+            for embeddings in (identity_negative, identities)
         ]
         guidance = torch.full((len(plan.seeds),), plan.guidance_scale, device=pipe.device, dtype=pipe.unet.dtype)
         parts.append((negative, positive, *per_candidate, guidance))
@@ -121,17 +131,20 @@ def guided_noise(
     timestep: torch.Tensor,
     conditioning: Conditioning,
     branch_gates: Sequence[float] = (IDENTITY_FREE,),
+    branch_people: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Classifier-free-guided noise for every candidate and every branch in ONE UNet call.
 
     ``latents`` is [M, C, h, w]. Rows are laid out branch-major, then (negative, positive), then candidate;
-    each branch's identity attention is scaled by its gate (0: identity-free, 1: identity). Returns
+    each branch's identity attention is scaled by its gate (0: identity-free, 1: identity) and carries the
+    identity of its person in ``branch_people`` (default: the first person in every branch). Returns
     [len(branch_gates), M, C, h, w]. When every gate is 0 the identity attention is skipped altogether.
     """
     count, branches = latents.shape[0], len(branch_gates)
     text = torch.cat([conditioning.negative, conditioning.positive]).repeat(branches, 1, 1)
-    identity = torch.cat([conditioning.identity_negative, conditioning.identity])
-    identity = identity.repeat(branches, *(1,) * (identity.ndim - 1))
+    people = branch_people or [0] * branches
+    negative_identity, identities = conditioning.identity_negative, conditioning.identities
+    identity = torch.cat([part for p in people for part in (negative_identity, identities[:, p : p + 1])])
     gates = None
     if any(branch_gates):
         gates = torch.tensor(branch_gates, dtype=latents.dtype, device=latents.device).repeat_interleave(2 * count)

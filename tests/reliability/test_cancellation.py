@@ -182,9 +182,9 @@ def test_a_request_whose_batch_neighbour_leaves_mid_blend_gets_its_candidates_as
 
     style = StyleCatalog(str(live_styles_dir)).get(STYLE)
     identity = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(5)), dim=0)
-    mine = SamplingPlan(style.manifest.prompt("a person"), style.manifest.negative_prompt, identity, (21, 22),
+    mine = SamplingPlan(style.manifest.prompt("a person"), style.manifest.negative_prompt, (identity,), (21, 22),
                         size=64, steps=60, guidance_scale=7.5, identity_weight=0.8, t1=0.35)
-    neighbour = SamplingPlan(**{**mine.__dict__, "seeds": (31, 32, 33, 34), "identity_embedding": -identity})
+    neighbour = SamplingPlan(**{**mine.__dict__, "seeds": (31, 32, 33, 34), "identity_embeddings": (-identity,)})
     prior = prior_ellipse(64, (0.5, 0.4), (0.2, 0.26))
     planned = {name: PlannedLayout(plan, generate_layout(models.diffusion, models.faces, plan, prior))
                for name, plan in (("mine", mine), ("neighbour", neighbour))}
