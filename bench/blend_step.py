@@ -1,10 +1,12 @@
 """One blend denoising step for N candidates: batched (one UNet call for every candidate, both branches and both
-guidance halves) against naive (per candidate, an identity-free CFG call and an identity CFG call).
+guidance halves) against naive (per candidate, an identity-free CFG call and an identity CFG call); and the group
+step for P = 1…4 people (the identity-free branch and one identity branch per person in one UNet call) against
+P + 1 separate branch calls (each over every candidate).
 
     python bench/blend_step.py [--candidates 4] [--size 128] [--repeats 15]
 
-Prints JSON on the last line: {"batched_ms", "naive_ms", "speedup", ...}; medians of interleaved repeats on the
-same model and inputs, so the ratio holds on a noisy machine.
+Prints JSON on the last line: {"batched_ms", "naive_ms", "speedup", ..., "group": {P: {...}}}; medians of
+interleaved repeats on the same model and inputs, so the ratios hold on a noisy machine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 
 import torch
 
-from serve_app.pipeline.blend import blend_step, fuse_branches
+from serve_app.pipeline.baselines import noise_branch_by_branch
+from serve_app.pipeline.blend import blend_step, disjoint_masks, fuse_branches
 from serve_app.pipeline.models import load_models
 from serve_app.pipeline.sampling import (
     IDENTITY,
@@ -55,6 +58,41 @@ def batched_step_ms(pipe, plan: SamplingPlan, candidates: int, repeats: int = 3)
     step = lambda: blend_step(pipe, scheduler, latents, timestep, conditioning, masks, plan.identity_weight)
     step()
     return statistics.median(timed_ms(step) for _ in range(repeats))
+
+
+def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str, float]]:
+    """Per people count P: the batched group step against P + 1 separate branch calls, medians of interleaved
+    repeats, and the time per step per person."""
+    generator = torch.Generator().manual_seed(1)
+    figures = {}
+    for people in (1, 2, 3, 4):
+        embeddings = tuple(torch.nn.functional.normalize(torch.randn(512, generator=generator), dim=0)
+                           for _ in range(people))
+        group = SamplingPlan(**{**plan.__dict__, "identity_embeddings": embeddings})
+        conditioning = encode_conditioning(pipe, [group])
+        scheduler = make_scheduler(pipe, group.steps)
+        timestep = scheduler.timesteps[group.layout_steps]
+        latents = initial_latents(pipe, group.seeds, group.size)
+        masks = disjoint_masks(torch.rand(len(group.seeds), people, *latents.shape[-2:], generator=generator))
+        steps = {
+            name: (lambda noise=noise: blend_step(pipe, scheduler, latents, timestep, conditioning, masks,
+                                                  group.identity_weight, noise))
+            for name, noise in (("batched", guided_noise), ("separate", noise_branch_by_branch))
+        }
+        difference = (steps["batched"]() - steps["separate"]()).abs().max().item()
+        times = {name: [] for name in steps}
+        for _ in range(repeats):
+            for name, step in steps.items():
+                times[name].append(timed_ms(step))
+        batched_ms, separate_ms = (statistics.median(times[name]) for name in ("batched", "separate"))
+        figures[people] = {
+            "batched_ms": round(batched_ms, 2),
+            "separate_ms": round(separate_ms, 2),
+            "speedup": round(separate_ms / batched_ms, 3),
+            "unet_rows": 2 * (1 + people) * len(group.seeds),
+            "max_abs_difference": difference,
+        }
+    return figures
 
 
 def timed_ms(step) -> float:
@@ -101,6 +139,7 @@ def main() -> None:
             batched_times.append(timed_ms(batched))
             naive_times.append(timed_ms(naive))
         per_candidate_ms = {n: round(batched_step_ms(pipe, plan, n) / n, 2) for n in (1, 4, 16)}
+        group = group_figures(pipe, plan, args.repeats)
     batched_ms, naive_ms = statistics.median(batched_times), statistics.median(naive_times)
     print(
         json.dumps(
@@ -113,6 +152,7 @@ def main() -> None:
                 "speedup": round(naive_ms / batched_ms, 3),
                 "max_abs_difference": difference,
                 "batched_ms_per_candidate_by_candidates": per_candidate_ms,
+                "group": group,
             }
         )
     )
