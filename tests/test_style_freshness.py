@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,6 +113,33 @@ def test_one_refresh_lists_the_markers_once_and_reads_only_what_changed(library,
     recording.paths.clear()
     reader.view.refresh()  # nothing changed: the markers' listing (and, on a local disk, the markers' content)
     assert recording.paths and all(path.startswith(f"{reader.store.root}/.changes") for path in recording.paths)
+
+
+def test_a_read_that_began_earlier_never_replaces_a_later_one(tmp_path, styles_dir, monkeypatch):
+    """Two publishes through one catalogue whose reloads finish out of order: the view keeps what the later read
+    saw (both new versions), not the earlier read's one."""
+    shutil.copytree(styles_dir, tmp_path / "styles")
+    catalog = StyleCatalog(tmp_path / "styles")
+    read, calls = catalog.store.read, itertools.count()
+    first_read, release = threading.Event(), threading.Event()
+
+    def first_read_finishes_last(style_id: str):
+        stored = read(style_id)
+        if next(calls) == 0:
+            first_read.set()
+            assert release.wait(30)
+        return stored
+
+    monkeypatch.setattr(catalog.store, "read", first_read_finishes_last)
+    publish = lambda: catalog.publish(parse_manifest(manifest_yaml("film-noir"), "m"), lora(styles_dir))  # noqa: E731
+    with ThreadPoolExecutor(1) as pool:
+        earlier = pool.submit(publish)
+        assert first_read.wait(30)
+        publish()
+        release.set()
+        earlier.result()
+    assert sorted(catalog.versions("film-noir")) == [1, 2, 3]
+    assert catalog.get("film-noir").versioned_id == "film-noir@3"
 
 
 def test_a_scheduled_style_goes_live_at_its_time_without_any_write_or_read(tmp_path, styles_dir):

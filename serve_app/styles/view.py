@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -39,6 +40,10 @@ class LibraryView:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.styles: Mapping[str, StoredStyle] = {}
+        # When the read behind each style's entry began: reads run in parallel with writes and with each other, and
+        # one that began earlier (and so may miss a write) never replaces one that began later.
+        self._tickets = itertools.count()
+        self._read_at: dict[str, int] = {}
         self._signatures: dict[str, str] = {}
         self.good_at = self._rescanned_at = time.monotonic()
         self.rescan(strict=True)
@@ -52,9 +57,11 @@ class LibraryView:
         what was read of it before."""
         started = time.monotonic()
         signatures, ids = self.store.changes(), self.store.ids()
-        read, present = self._read_many(ids, strict), set(ids)
+        ticket, present = next(self._tickets), set(ids)
+        read = self._read_many(ids, strict)
         with self._writing:
-            self.styles = {style_id: stored for style_id, stored in self._merged(read).items() if style_id in present}
+            merged = self._merged(read, ticket)
+            self.styles = {style_id: stored for style_id, stored in merged.items() if style_id in present}
             self._signatures = signatures
             self.good_at = self._rescanned_at = started
 
@@ -63,20 +70,25 @@ class LibraryView:
         started = time.monotonic()
         signatures = self.store.changes()  # before the reads: a change made during them is seen next time
         changed = [style_id for style_id, mark in signatures.items() if self._signatures.get(style_id) != mark]
+        ticket = next(self._tickets)
         read = self._read_many(changed, strict=False)
         with self._writing:
-            self.styles = self._merged(read)
+            self.styles = self._merged(read, ticket)
             self._signatures = {**self._signatures, **signatures}
             self.good_at = started
 
     def reload(self, style_id: str) -> None:
         """Reread one style now (this replica's own write: read-your-writes)."""
+        ticket = next(self._tickets)
         read = self._read_many([style_id], strict=True)
         with self._writing:
-            self.styles = self._merged(read)
+            self.styles = self._merged(read, ticket)
 
-    def _merged(self, read: Mapping[str, StoredStyle | None]) -> dict[str, StoredStyle]:
-        styles = {**self.styles, **read}
+    def _merged(self, read: Mapping[str, StoredStyle | None], ticket: int) -> dict[str, StoredStyle]:
+        """The view with ``read`` (begun at ``ticket``) applied, style by style, where no later read is held."""
+        newer = {style_id: stored for style_id, stored in read.items() if self._read_at.get(style_id, -1) < ticket}
+        self._read_at.update(dict.fromkeys(newer, ticket))
+        styles = {**self.styles, **newer}
         return {style_id: stored for style_id, stored in styles.items() if stored is not None}
 
     def _read_many(self, ids: Iterable[str], strict: bool) -> dict[str, StoredStyle | None]:
