@@ -41,7 +41,7 @@ def main() -> None:
         options = PortraitOptions(
             style=args.style, seed=request * CANDIDATES, num_candidates=CANDIDATES, top_k=CANDIDATES
         )
-        portraits += generate(pipeline, image, style, options).portraits
+        portraits += generate(pipeline, [image], style, options).portraits
     accepted = [p for p in portraits if p.accepted]
     reasons = sorted({p.rejected for p in portraits if not p.accepted})
     print(

@@ -92,7 +92,7 @@ def in_process_call(profile: str, compile_unet: bool, styles: Path, image: bytes
 
     def call() -> tuple[float, dict[str, float]]:
         start = time.perf_counter()
-        run = generate(pipeline, image, style, options)
+        run = generate(pipeline, [image], style, options)
         return (time.perf_counter() - start) * 1000, run.timings
 
     return call

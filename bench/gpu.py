@@ -78,7 +78,7 @@ GOALS = {"request_p50_s_at_most": 2.0, "blend_over_plain_ip_adapter_at_most": 1.
 class PriorOnly:
     """The layout's face analyzer: finds no face, so every mask is the style's prior ellipse."""
 
-    def detect_generated(self, image: np.ndarray) -> list:
+    def detect_generated(self, image: np.ndarray, region: object = None, people: int = 1) -> list:
         return []
 
 
@@ -155,7 +155,7 @@ class Workload:
 
     def layout(self, measured: Measured) -> Layout:
         with self.timer.stage(measured, "layout"):
-            return generate_layout(self.pipe, PriorOnly(), self.plan, self.prior)
+            return generate_layout(self.pipe, PriorOnly(), self.plan, [self.prior])
 
     def blend(self, measured: Measured) -> None:
         layout = self.layout(measured)
@@ -166,7 +166,7 @@ class Workload:
         points = prior_face_points(self.prior)
         with self.timer.stage(measured, "upscale"):
             for image in images[: self.top_k]:
-                upscale_portrait(self.models.upscalers, self.models.face_restorer, image, points, self.upscale)
+                upscale_portrait(self.models.upscalers, self.models.face_restorer, image, [points], self.upscale)
 
     def plain_ip_adapter(self, measured: Measured) -> None:
         with self.timer.stage(measured, "sample"):

@@ -39,6 +39,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -57,9 +58,9 @@ from serve_app.pipeline.fusion import FusionRanker, make_candidates
 from serve_app.pipeline.images import decode_image, encode_png
 from serve_app.pipeline.layout import Layout, generate_layout
 from serve_app.pipeline.lora import style_adapters
-from serve_app.pipeline.masks import Ellipse, prior_ellipse, to_image_resolution
+from serve_app.pipeline.masks import Ellipse, to_image_resolution
 from serve_app.pipeline.models import Models, load_models
-from serve_app.pipeline.portrait import make_plan
+from serve_app.pipeline.portrait import face_prior_ellipses, make_plan
 from serve_app.pipeline.preprocess import Reference, preprocess
 from serve_app.pipeline.recognition import DlibRecognizer
 from serve_app.pipeline.sampling import IDENTITY, IDENTITY_FREE, SamplingPlan, decode_latents
@@ -206,13 +207,12 @@ class QualityRun:
         render = square(decode_image(image))
         return Face(name, preprocess(self.models, image), render, self.judge.descriptor(render))
 
-    def plan(self, style: Style, reference: Reference, seeds: list[int]) -> tuple[SamplingPlan, Ellipse]:
+    def plan(self, style: Style, reference: Reference, seeds: list[int]) -> tuple[SamplingPlan, tuple[Ellipse, ...]]:
         options = PortraitOptions(style=style.versioned_id, seed=seeds[0], num_candidates=len(seeds), top_k=1,
                                   steps=self.steps, size=self.size)
         request = portrait_request(options, style.manifest, seeds[0])
-        plan = replace(make_plan(request, reference), seeds=tuple(seeds))
-        prior = prior_ellipse(plan.size, request.face_prior.center, request.face_prior.radii)
-        return plan, prior
+        plan = replace(make_plan(request, [reference]), seeds=tuple(seeds))
+        return plan, face_prior_ellipses(request.face_priors, plan.size)
 
     def case(self, face: Face, style: Style, seeds: list[int]) -> Case:
         plan, prior = self.plan(style, face.reference, seeds)
@@ -232,7 +232,7 @@ class QualityRun:
         return case
 
     def sampled(
-        self, case: Case, plan: SamplingPlan, prior: Ellipse, reference: Reference
+        self, case: Case, plan: SamplingPlan, prior: Sequence[Ellipse], reference: Reference
     ) -> tuple[dict[str, list[np.ndarray]], Layout]:
         """Every method's images (at the plan's size) and the blend's layout (its masks, at image resolution, in
         ``case``), timed."""
@@ -254,9 +254,9 @@ class QualityRun:
     def fused(self, images: list[np.ndarray], plan: SamplingPlan, masks: torch.Tensor, reference: Reference):
         """The candidates through face fusion and ×2 upscaling, in seed order (judged at the upscaled size, where
         the fusion ranker's own detector looks for the face)."""
-        ranked = self.ranker.rank(make_candidates(images, plan.seeds, masks), reference, top_k=len(images))
+        ranked = self.ranker.rank(make_candidates(images, plan.seeds, masks), [reference], top_k=len(images))
         by_seed = {
-            p.seed: upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.face_points,
+            p.seed: upscale_portrait(self.models.upscalers, self.models.face_restorer, p.image, p.faces_points,
                                      FUSED_UPSCALE)
             for p in ranked
         }

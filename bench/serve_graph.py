@@ -44,11 +44,11 @@ def in_process_runner(image: bytes, style: str, torch_threads: int | None):
     pipeline = PortraitPipeline(load_models())
     found = StyleCatalog(REPO / "styles").get(style)
     options = PortraitOptions(style=style, **FIELDS)
-    generate(pipeline, image, found, options)  # warm-up: LoRA load, first-call allocations
+    generate(pipeline, [image], found, options)  # warm-up: LoRA load, first-call allocations
 
     def run() -> tuple[float, float]:
         start = time.perf_counter()
-        timings = generate(pipeline, image, found, options).timings
+        timings = generate(pipeline, [image], found, options).timings
         return (time.perf_counter() - start) * 1000, sum(timings.values())
 
     return run

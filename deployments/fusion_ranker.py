@@ -1,4 +1,4 @@
-"""Stage 4 deployment: fuse the reference face into every candidate, score, keep the top K."""
+"""Stage 4 deployment: fuse each person's reference face into every candidate, score, keep the top K."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ class FusionRanker:
         self.metrics = StageMetrics(Stage.FUSION)
 
     async def __call__(
-        self, candidates: list[Candidate], reference: Reference, job: PortraitJob
+        self, candidates: list[Candidate], references: tuple[Reference, ...], job: PortraitJob
     ) -> AsyncIterator[Finished | list[RankedPortrait]]:
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.FUSION):
-            ranked = await self.compute.run(self.ranker.rank, candidates, reference, job.request.top_k)
+            ranked = await self.compute.run(self.ranker.rank, candidates, references, job.request.top_k)
         self.metrics.images(portrait.rejected for portrait in ranked)
         yield self.metrics.finished(timings[Stage.FUSION])
         yield ranked

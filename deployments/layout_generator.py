@@ -19,7 +19,7 @@ from serve_app.pipeline.layout import Layout, LayoutRun
 from serve_app.pipeline.lora import style_adapters
 from serve_app.pipeline.lora_validation import LoraLimits, LoraSummary, validate_lora
 from serve_app.pipeline.models import load_models
-from serve_app.pipeline.portrait import face_prior_ellipse, make_plan
+from serve_app.pipeline.portrait import face_prior_ellipses, make_plan
 from serve_app.pipeline.preprocess import Reference
 from serve_app.pipeline.sampling import SamplingPlan, schedule_groups
 from serve_app.pipeline.stages import Stage
@@ -61,15 +61,17 @@ class LayoutGenerator:
                 validate_lora, self.pipe, data, self.lora_limits, self.styles.adapters.dry_run
             )
 
-    async def __call__(self, reference: Reference, job: PortraitJob) -> AsyncIterator[Finished | PlannedLayout]:
+    async def __call__(
+        self, references: tuple[Reference, ...], job: PortraitJob
+    ) -> AsyncIterator[Finished | PlannedLayout]:
         with waiting_caller() as caller:
-            finished, planned = await self.generate_batch((reference, job, caller))
+            finished, planned = await self.generate_batch((references, job, caller))
         yield finished
         yield planned
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def generate_batch(
-        self, requests: list[tuple[Reference, PortraitJob, Caller]]
+        self, requests: list[tuple[tuple[Reference, ...], PortraitJob, Caller]]
     ) -> list[tuple[Finished, PlannedLayout] | None]:
         """Each request's layout; None for a request whose caller left (nobody reads it)."""
         self.metrics.batch(len(requests))
@@ -77,9 +79,9 @@ class LayoutGenerator:
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.LAYOUT):
             async with self.styles.activated() as hit:
-                plans = [make_plan(job.request, reference) for reference, job, _ in requests]
+                plans = [make_plan(job.request, references) for references, job, _ in requests]
                 priors = [
-                    face_prior_ellipse(job.request.face_prior, plan.size) for plan, (_, job, _) in zip(plans, requests)
+                    face_prior_ellipses(job.request.face_priors, plan.size) for plan, (_, job, _) in zip(plans, requests)
                 ]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):

@@ -1,8 +1,8 @@
-"""Stage 1 deployment: decode, validate and analyse the reference face."""
+"""Stage 1 deployment: decode, validate and analyse each person's reference face."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from deployments.logs import log_documented_errors_once
@@ -12,7 +12,7 @@ from deployments.replica import ComputeThread
 from deployments.stream import Finished
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.models import load_models
-from serve_app.pipeline.preprocess import Reference, preprocess
+from serve_app.pipeline.preprocess import Reference, preprocess_people
 from serve_app.pipeline.stages import Stage
 from serve_app.pipeline.timing import stopwatch
 from serve_app.settings import PortraitAppArgs
@@ -31,9 +31,9 @@ class Preprocessor:
         self.limits = ImageLimits(max_bytes=args.max_image_bytes)
         self.metrics = StageMetrics(Stage.PREPROCESS)
 
-    async def __call__(self, image: bytes) -> AsyncIterator[Finished | Reference]:
+    async def __call__(self, images: Sequence[bytes]) -> AsyncIterator[Finished | tuple[Reference, ...]]:
         timings: dict[str, float] = {}
         with stopwatch(timings, Stage.PREPROCESS):
-            reference = await self.compute.run(preprocess, self.models, image, self.limits)
+            references = await self.compute.run(preprocess_people, self.models, images, self.limits)
         yield self.metrics.finished(timings[Stage.PREPROCESS])
-        yield reference
+        yield references

@@ -43,9 +43,10 @@ class Finished:
 
 @dataclass(frozen=True)
 class EncodedPortrait:
-    """One portrait of the last stage's result: the PNG, what the response says about it, and its layout mask as
-    a PNG when the request asked for masks."""
+    """One portrait of the last stage's result: the PNG, what the response says about it, and, when the request
+    asked for masks, its layout masks as PNGs (all people's in one, then each person's)."""
 
     png: bytes
     info: PortraitImage
     mask_png: bytes | None = None
+    person_mask_pngs: tuple[bytes, ...] | None = None

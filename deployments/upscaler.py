@@ -35,10 +35,13 @@ class Upscaler:
 
     def _encode(self, portrait: RankedPortrait, scale: int, with_mask: bool) -> EncodedPortrait:
         image = upscale_portrait(
-            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.face_points, scale
+            self.models.upscalers, self.models.face_restorer, portrait.image, portrait.faces_points, scale
         )
-        mask = encode_png(mask_image(portrait.mask, image.shape[0])) if with_mask else None
-        return EncodedPortrait(encode_png(image), PortraitImage.of(portrait), mask)
+        info = PortraitImage.of(portrait)
+        if not with_mask:
+            return EncodedPortrait(encode_png(image), info)
+        union, *people = (encode_png(mask_image(m, image.shape[0])) for m in (portrait.masks.max(0), *portrait.masks))
+        return EncodedPortrait(encode_png(image), info, union, tuple(people))
 
     async def __call__(
         self, ranked: list[RankedPortrait], job: PortraitJob

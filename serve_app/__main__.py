@@ -58,9 +58,13 @@ def write_run(run: PortraitRun, style: Style, out: Path) -> PortraitSummary:
     out.mkdir(parents=True, exist_ok=True)
     for index, portrait in enumerate(run.portraits, start=1):
         (out / f"portrait_{index}.png").write_bytes(encode_png(portrait.image))
-    for seed, mask in zip(run.plan.seeds, run.layout.masks):
-        image = Image.fromarray((mask[0].float().cpu().numpy() * 255).round().astype(np.uint8))
-        image.resize((run.plan.size, run.plan.size), Image.Resampling.BILINEAR).save(out / f"layout_mask_{seed}.png")
+    for seed, masks in zip(run.plan.seeds, run.layout.masks):
+        people = masks.float().cpu().numpy()
+        named = {"": people.max(0)} | ({} if len(people) == 1 else {f"_person{i + 1}": m for i, m in enumerate(people)})
+        for suffix, mask in named.items():
+            image = Image.fromarray((mask * 255).round().astype(np.uint8))
+            side = (run.plan.size, run.plan.size)
+            image.resize(side, Image.Resampling.BILINEAR).save(out / f"layout_mask_{seed}{suffix}.png")
     summary = summarize(run, style)
     (out / "result.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return summary
@@ -79,10 +83,10 @@ def command_generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         identity_weight=args.identity_weight,
     )
-    image = args.image.read_bytes() if args.image else sample_face()
+    images = [path.read_bytes() for path in args.image] if args.image else [sample_face()]
     pipeline = PortraitPipeline(load_models(model_settings(args)))
     style = catalog.get(options.style)
-    summary = write_run(generate(pipeline, image, style, options), style, args.out)
+    summary = write_run(generate(pipeline, images, style, options), style, args.out)
     print(summary.model_dump_json(indent=2))
     return 0
 
@@ -161,7 +165,10 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="generate portraits in process")
-    generate.add_argument("--image", type=Path, help="reference face image (default: the bundled sample face)")
+    generate.add_argument(
+        "--image", type=Path, action="append", help="reference face image (default: the bundled sample face); "
+        "repeat it for a group portrait, one per person, left to right"
+    )
     generate.add_argument("--style", required=True, help="style id")
     generate.add_argument("--out", type=Path, required=True, help="output directory")
     generate.add_argument("--num-candidates", type=int, default=4, help="N candidates (default 4)")

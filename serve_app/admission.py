@@ -4,8 +4,9 @@ most ``max_cost_in_flight`` of estimated work, the rest refused with 503 at once
 chained from a replica, so this is the service's backpressure.
 
 A request's cost is its estimated work in units of one denoising step of one 512×512 candidate (both branches
-and classifier-free guidance, as the blend sampler runs it): N × steps at the generated size, plus super-resolution
-and face restoration of the K portraits at their output size.
+and classifier-free guidance, as the blend sampler runs it): N × steps at the generated size (× (1 + P) / 2 for P
+people: the free branch and one identity branch each), plus super-resolution and face restoration of the K
+portraits at their output size.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ step, 5.9 units at ×2."""
 def request_cost(request: PortraitRequest) -> float:
     """The estimated work of ``request`` in cost units (see the module's docstring)."""
     area = (request.size / UNIT_SIDE) ** 2
-    return area * (len(request.seeds) * request.steps + UPSCALE_UNITS * request.top_k * request.upscale**2)
+    branches = (1 + len(request.face_priors)) / 2  # the identity-free branch and one per person; 1 for one person
+    return area * (len(request.seeds) * request.steps * branches + UPSCALE_UNITS * request.top_k * request.upscale**2)
 
 
 def fields_to_lower(request: PortraitRequest) -> list[str]:

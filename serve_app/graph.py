@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ray import ObjectRef, ObjectRefGenerator
@@ -58,24 +58,26 @@ class StageGraph:
             call.cancel()
             raise RequestTimeoutError(f"checking the LoRA took over {self.request_timeout_s:g} s") from None
 
-    async def generate(self, job: PortraitJob, image: bytes, emit: Emit | None = None) -> GraphResult:
+    async def generate(self, job: PortraitJob, images: Sequence[bytes], emit: Emit | None = None) -> GraphResult:
         """The request through every stage within the request timeout. A stage that dies mid-request (Serve
         restarts it) costs one transparent retry: the job's seeds are fixed, so the retry returns what the first
         try would have."""
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         try:
-            return await self._attempt(job, image, emit, deadline)
+            return await self._attempt(job, images, emit, deadline)
         except StageUnavailableError as error:
             logger.warning("portrait %s: %s; retrying once", job.request_id, error.code)
             if emit is not None:
                 await emit("retry", {"reason": error.code})
-            return await self._attempt(job, image, emit, deadline)
+            return await self._attempt(job, images, emit, deadline)
 
-    async def _attempt(self, job: PortraitJob, image: bytes, emit: Emit | None, deadline: float) -> GraphResult:
+    async def _attempt(
+        self, job: PortraitJob, images: Sequence[bytes], emit: Emit | None, deadline: float
+    ) -> GraphResult:
         run = GraphRun(self.handles, job, emit)
         try:
             async with asyncio.timeout_at(deadline):
-                return await run.through_stages(image)
+                return await run.through_stages(images)
         except BaseException as exception:
             run.cancel()
             if isinstance(exception, TimeoutError):
@@ -94,17 +96,17 @@ class GraphRun:
         self.calls: list[DeploymentResponseGenerator] = []
         self.result = GraphResult()
 
-    async def through_stages(self, image: bytes) -> GraphResult:
+    async def through_stages(self, images: Sequence[bytes]) -> GraphResult:
         job, handles = self.job, self.handles
         style = {"multiplexed_model_id": job.style}
-        # 1. Preprocess: decode, check and analyse the reference face
-        reference = await self._stage(Stage.PREPROCESS, handles.preprocessor, image)
-        # 2. Layout: the style alone composes; a face mask per candidate
-        layout = await self._stage(Stage.LAYOUT, handles.layout_generator.options(**style), reference, job)
-        # 3. Blend: identity inside the masks, step by step
+        # 1. Preprocess: decode, check and analyse each person's reference face
+        references = await self._stage(Stage.PREPROCESS, handles.preprocessor, list(images))
+        # 2. Layout: the style alone composes; a face mask per person and candidate
+        layout = await self._stage(Stage.LAYOUT, handles.layout_generator.options(**style), references, job)
+        # 3. Blend: each identity inside its masks, step by step
         candidates = await self._stage(Stage.BLEND, handles.blend_sampler.options(**style), layout)
-        # 4. Fuse the reference face, score, keep the top K
-        ranked = await self._stage(Stage.FUSION, handles.fusion_ranker, candidates, reference, job)
+        # 4. Fuse each person's reference face, score, keep the top K
+        ranked = await self._stage(Stage.FUSION, handles.fusion_ranker, candidates, references, job)
         # 5. Upscale and encode: the only result the ingress reads
         self.result.portraits = await (await self._stage(Stage.UPSCALE, handles.upscaler, ranked, job))
         return self.result

@@ -15,8 +15,11 @@ def resolve_seed(options: PortraitOptions) -> int:
     return secrets.randbelow(2**31 - options.num_candidates) if options.seed is None else options.seed
 
 
-def portrait_request(options: PortraitOptions, manifest: StyleManifest, seed: int) -> PortraitRequest:
-    defaults, prior = manifest.defaults, manifest.prior_face_mask
+def portrait_request(
+    options: PortraitOptions, manifest: StyleManifest, seed: int, people: int = 1
+) -> PortraitRequest:
+    """``people``: how many reference images the request sent (one per person)."""
+    defaults = manifest.defaults
     return PortraitRequest(
         prompt=manifest.prompt(options.subject),
         negative_prompt=manifest.negative_prompt,
@@ -29,5 +32,8 @@ def portrait_request(options: PortraitOptions, manifest: StyleManifest, seed: in
         identity_weight=defaults.identity_weight if options.identity_weight is None else options.identity_weight,
         t1=defaults.t1 if options.t1 is None else options.t1,
         upscale=options.upscale,
-        face_prior=FacePrior(center=(prior.center_x, prior.center_y), radii=(prior.radius_x, prior.radius_y)),
+        face_priors=tuple(
+            FacePrior(center=(prior.center_x, prior.center_y), radii=(prior.radius_x, prior.radius_y))
+            for prior in manifest.face_masks(people)
+        ),
     )

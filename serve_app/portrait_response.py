@@ -19,6 +19,7 @@ def portrait_response(job: PortraitJob, result: GraphResult) -> PortraitResponse
             GeneratedPortrait(
                 image_base64=base64_text(p.png),
                 layout_mask_base64=None if p.mask_png is None else base64_text(p.mask_png),
+                layout_masks_base64=None if p.person_mask_pngs is None else list(map(base64_text, p.person_mask_pngs)),
                 **p.info.model_dump(),
             )
             for p in result.portraits

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import UploadFile
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from serve_app.pipeline.request import MAX_PEOPLE
 from serve_app.styles.manifest import STYLE_REF_PATTERN, StrictAwareDatetime
 
 MAX_CANDIDATES = 8
@@ -51,9 +53,32 @@ class PortraitOptions(BaseModel):
         return upscale
 
 
+class PersonInPortrait(BaseModel):
+    """One person of a portrait, left to right, as given by the request's images."""
+
+    identity_score: float = Field(
+        description="their face's identity similarity to their own reference, 0..1 (0.5 at the judge's "
+        "same-person threshold)"
+    )
+    bleed: float | None = Field(
+        description="their face's best identity similarity to any other person's reference (null alone); above "
+        "identity_score, the portrait is rejected as identity_swap"
+    )
+    face_placement: str | None = Field(
+        description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in their layout mask"
+    )
+
+    @classmethod
+    def of(cls, person) -> PersonInPortrait:
+        """From a ``serve_app.pipeline.fusion.PlacedPerson``."""
+        bleed = None if person.bleed is None else round(person.bleed, 4)
+        return cls(identity_score=round(person.identity_score, 4), bleed=bleed, face_placement=person.placement)
+
+
 class PortraitImage(BaseModel):
     identity_score: float = Field(
-        description="identity similarity to the reference, 0..1 (0.5 at the judge's same-person threshold)"
+        description="identity similarity to the reference, 0..1 (0.5 at the judge's same-person threshold); with "
+        "several people, the worst person's"
     )
     identity_judge: str = Field(
         description="the face recognizer that gave identity_score, never the model that conditioned on identity "
@@ -62,12 +87,15 @@ class PortraitImage(BaseModel):
     )
     seed: int
     face_placement: str | None = Field(
-        description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in the layout mask"
+        description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in the layout mask "
+        "(with several people: if any face was)"
     )
     rejected: str | None = Field(
-        description="null for an accepted portrait; otherwise why it only fills the K: no_face, several_faces, "
-        "extreme_pose, or unsafe_content (the safety check flagged it; its pixels are black)"
+        description="null for an accepted portrait; otherwise why it only fills the K: no_face, several_faces (more "
+        "faces than people), extreme_pose, identity_swap (a face is more like another person's reference than its "
+        "own), or unsafe_content (the safety check flagged it; its pixels are black)"
     )
+    people: list[PersonInPortrait] = Field(description="each person's scores and placement, left to right")
 
     @classmethod
     def of(cls, portrait) -> PortraitImage:
@@ -78,6 +106,7 @@ class PortraitImage(BaseModel):
             seed=portrait.seed,
             face_placement=portrait.placement,
             rejected=portrait.rejected,
+            people=[PersonInPortrait.of(person) for person in portrait.people],
         )
 
 
@@ -90,15 +119,36 @@ class PortraitSummary(BaseModel):
 
 
 class PortraitForm(PortraitOptions):
-    """The multipart body of ``POST /v1/portraits``: the options as form fields plus the image as a file."""
+    """The multipart body of ``POST /v1/portraits``: the options as form fields plus each person's image as a file."""
 
-    image: UploadFile = Field(description="the reference image (JPEG, PNG, WebP, BMP or TIFF)")
+    image: UploadFile = Field(
+        description=f"the reference image (JPEG, PNG, WebP, BMP or TIFF) of one face; repeat the field for a group "
+        f"portrait, 1 to {MAX_PEOPLE} people, in the order they should stand, left to right"
+    )
 
 
 class PortraitJSONRequest(PortraitOptions):
-    """The JSON body of ``POST /v1/portraits``: the options plus the image as base64."""
+    """The JSON body of ``POST /v1/portraits``: the options plus the image as base64 (or a group's images)."""
 
-    image_base64: str = Field(description="the reference image (JPEG, PNG, WebP, BMP or TIFF), base64-encoded")
+    image_base64: str | None = Field(
+        None, description="the reference image (JPEG, PNG, WebP, BMP or TIFF) of one face, base64-encoded"
+    )
+    images_base64: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_PEOPLE, description=f"instead of image_base64, for a group portrait: 1 to "
+        f"{MAX_PEOPLE} reference images, one face each, in the order the people should stand, left to right"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_send_images(self) -> PortraitJSONRequest:
+        if (self.image_base64 is None) == (self.images_base64 is None):
+            raise PydanticCustomError("images_required", "send either image_base64 or images_base64")
+        return self
+
+    def sent_images(self) -> list[tuple[str, str]]:
+        """Each image's base64 text, with the field it came in."""
+        if self.images_base64 is None:
+            return [("image_base64", self.image_base64)]
+        return [(f"images_base64[{index}]", text) for index, text in enumerate(self.images_base64)]
 
 
 class WebhookField(BaseModel):
@@ -123,7 +173,11 @@ class GeneratedPortrait(PortraitImage):
     image_base64: str = Field(description="the portrait as a base64-encoded PNG")
     layout_mask_base64: str | None = Field(
         None, description="with return_masks: the soft face-region mask of the layout stage that placed the "
-        "identity, a greyscale PNG at the portrait's resolution (white: identity at full weight λ); else null"
+        "identity, a greyscale PNG at the portrait's resolution (white: identity at full weight λ; with several "
+        "people, all their masks in one); else null"
+    )
+    layout_masks_base64: list[str] | None = Field(
+        None, description="with return_masks: each person's mask alone, left to right, in the same form; else null"
     )
 
 

@@ -26,7 +26,7 @@ DEFAULT = PortraitRequest(
     identity_weight=0.8,
     t1=0.35,
     upscale=2,
-    face_prior=FacePrior(center=(0.5, 0.4), radii=(0.2, 0.26)),
+    face_priors=(FacePrior(center=(0.5, 0.4), radii=(0.2, 0.26)),),
 )
 # The schema's most expensive request: N=8, 2048 px, 150 steps, ×4 (K=8).
 HEAVIEST = replace(DEFAULT, seeds=tuple(range(8)), top_k=8, size=2048, steps=150, upscale=4)

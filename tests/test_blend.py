@@ -224,7 +224,7 @@ def test_requests_sampled_together_match_separate_runs(models, plan):
         }
     )
     prior = prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26))
-    together = generate_layouts(pipe, models.faces, [plan, other], [prior, prior])
+    together = generate_layouts(pipe, models.faces, [plan, other], [[prior], [prior]])
     run = BlendRun(pipe, [plan, other], [l.latents for l in together], [l.masks for l in together])
     while run.done < run.total:
         run.step()
@@ -234,7 +234,7 @@ def test_requests_sampled_together_match_separate_runs(models, plan):
     # pixels of 8,192 or 16,384 one level apart; tolerances 1e-4 and one level on <= 0.1 % (tests/numerics.py).
     # The second request blended at the first one's lambda (0.8 for 0.5) moves 52 % of its pixels, by up to 3.
     for request, layout, batched_images in zip((plan, other), together, images):
-        alone = generate_layout(pipe, models.faces, request, prior)
+        alone = generate_layout(pipe, models.faces, request, [prior])
         assert_tensors_close(layout.latents, alone.latents)
         assert_images_close(batched_images, blend_sample(pipe, request, alone.latents, alone.masks))
 
@@ -247,7 +247,7 @@ def test_the_naive_two_call_blend_gives_the_batched_blends_latents(models, plan)
     from serve_app.pipeline.masks import prior_ellipse
 
     pipe = models.diffusion
-    layout = generate_layout(pipe, models.faces, plan, prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26)))
+    layout = generate_layout(pipe, models.faces, plan, [prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26))])
     batched = blend_latents(pipe, plan, layout, layout.masks)
     naive = blend_latents(pipe, plan, layout, layout.masks, noise_branch_by_branch)
     # One batch-16 call against two of 8 per step: different kernels, the tolerance of tests/numerics.py (equal
@@ -267,7 +267,7 @@ def test_a_request_that_leaves_the_batch_leaves_its_neighbours_as_they_were(mode
     pipe = models.diffusion
     leaving = SamplingPlan(**{**plan.__dict__, "prompt": "film noir portrait of a person", "seeds": (99, 100)})
     prior = prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26))
-    alone = generate_layout(pipe, models.faces, plan, prior)
+    alone = generate_layout(pipe, models.faces, plan, [prior])
 
     layout_run = LayoutRun(pipe, [leaving, plan])
     layout_run.step()
@@ -275,7 +275,7 @@ def test_a_request_that_leaves_the_batch_leaves_its_neighbours_as_they_were(mode
     assert layout_run.latents.shape[0] == len(plan.seeds) and layout_run.plans == [plan]
     while layout_run.done < layout_run.total:
         layout_run.step()
-    [layout] = layout_run.layouts(models.faces, [prior])
+    [layout] = layout_run.layouts(models.faces, [[prior]])
     # Six candidates in the first step's batch against four: different kernels, the tolerance of tests/numerics.py.
     assert_tensors_close(layout.latents, alone.latents)
 

@@ -150,7 +150,7 @@ def test_commercial_profile_generates_portraits_judged_by_auraface(weights_dir, 
     projection = models.diffusion.unet.encoder_hid_proj.image_projection_layers[0]
     assert type(projection).__name__ == "IPAdapterPlusImageProjection"  # the Resampler, from the fetched file
     options = PortraitOptions(style="film-noir", num_candidates=2, top_k=1, seed=3, size=64, steps=2, upscale=2)
-    run = generate(PortraitPipeline(models), sample_face, StyleCatalog(styles_dir).get("film-noir"), options)
+    run = generate(PortraitPipeline(models), [sample_face], StyleCatalog(styles_dir).get("film-noir"), options)
     (portrait,) = run.portraits
     assert portrait.image.shape == (128, 128, 3) and np.ptp(portrait.image) > 0
     images = [PortraitImage.of(portrait) for portrait in run.portraits]

@@ -34,7 +34,7 @@ def test_the_pipeline_runs_in_reduced_precision(sample_face, styles_dir):
     models = Models(ModelSettings(dtype="bfloat16"))
     assert models.diffusion.unet.dtype == models.diffusion.vae.dtype == torch.bfloat16
     options = PortraitOptions(style="film-noir", num_candidates=2, top_k=1, seed=3, size=64, steps=2, upscale=2)
-    run = generate(PortraitPipeline(models), sample_face, StyleCatalog(styles_dir).get("film-noir"), options)
+    run = generate(PortraitPipeline(models), [sample_face], StyleCatalog(styles_dir).get("film-noir"), options)
     (portrait,) = run.portraits
     assert portrait.image.shape == (128, 128, 3) and portrait.image.dtype == np.uint8
     assert np.ptp(portrait.image) > 0

@@ -65,20 +65,20 @@ def mask_for(side: int) -> np.ndarray:
 def test_fusion_carries_the_reference_identity_onto_another_face(ranker, reference, other_person):
     descriptor = reference.recognition_descriptor
     before, _, _ = ranker.score(other_person, descriptor)
-    candidate = Candidate(image=other_person, seed=1, mask=mask_for(SIDE))
-    fused = ranker.fuse(candidate, reference)
-    after, _, reason = ranker.score(fused.image, descriptor, fused.region)
-    assert (fused.placement, fused.broken, reason) == (PLACED_ON_FACE, None, None)
+    candidate = Candidate(image=other_person, seed=1, masks=mask_for(SIDE)[None])
+    fused = ranker.fuse(candidate, [reference])
+    after, _, reason = ranker.score(fused.image, descriptor, fused.regions[0])
+    assert (fused.placements, fused.broken, reason) == ((PLACED_ON_FACE,), None, None)
     assert after > before + 0.1
 
 
 def test_faceless_candidate_gets_the_face_where_the_layout_mask_puts_it(ranker, reference, no_face):
-    candidate = Candidate(image=no_face, seed=1, mask=mask_for(SIDE))
-    fused = ranker.fuse(candidate, reference)
-    assert (fused.placement, fused.broken) == (PLACED_BY_LAYOUT, None)
+    candidate = Candidate(image=no_face, seed=1, masks=mask_for(SIDE)[None])
+    fused = ranker.fuse(candidate, [reference])
+    assert (fused.placements, fused.broken) == ((PLACED_BY_LAYOUT,), None)
     assert np.array_equal(fused.image[:20, :20], no_face[:20, :20])  # outside the mask nothing changes
     assert not np.array_equal(fused.image, no_face)
-    score, face, reason = ranker.score(fused.image, reference.recognition_descriptor, fused.region)
+    score, face, reason = ranker.score(fused.image, reference.recognition_descriptor, fused.regions[0])
     assert reason is None and score > 0.5  # the placed face is found again and recognised
 
 
@@ -87,13 +87,13 @@ def test_rank_returns_k_best_first_and_flags_rejects(ranker, reference, astronau
     half = cv2.resize(face, (SIDE // 2, SIDE // 2), interpolation=cv2.INTER_AREA)
     twins = on_canvas(np.concatenate([half, half[:, ::-1]], axis=1))  # several faces: broken, rejected
     candidates = [
-        Candidate(image=twins, seed=1, mask=mask_for(SIDE)),
-        Candidate(image=other_person, seed=2, mask=mask_for(SIDE)),
-        Candidate(image=same_person, seed=3, mask=mask_for(SIDE)),
+        Candidate(image=twins, seed=1, masks=mask_for(SIDE)[None]),
+        Candidate(image=other_person, seed=2, masks=mask_for(SIDE)[None]),
+        Candidate(image=same_person, seed=3, masks=mask_for(SIDE)[None]),
     ]
-    ranked = ranker.rank(candidates, reference, top_k=3)
+    ranked = ranker.rank(candidates, [reference], top_k=3)
     assert [p.seed for p in ranked][-1] == 1
     assert ranked[-1].rejected == "several_faces" and ranked[-1].identity_score == 0.0
     assert all(p.accepted for p in ranked[:2])
     assert ranked[0].identity_score >= ranked[1].identity_score
-    assert len(ranker.rank(candidates, reference, top_k=2)) == 2
+    assert len(ranker.rank(candidates, [reference], top_k=2)) == 2

@@ -74,7 +74,7 @@ def job(styles_dir) -> PortraitJob:
 def test_a_request_over_the_timeout_is_408_and_cancels_its_stages(job):
     stages = [StandInStage() for _ in range(5)]
     with pytest.raises(RequestTimeoutError) as error:
-        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=0.2).generate(job, b"image"))
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=0.2).generate(job, [b"image"]))
     assert (error.value.code, error.value.http_status) == ("timeout", 408)
     started = [call for stage in stages for call in stage.calls]
     assert len(started) == 1 and all(call.cancelled for call in started)  # the next stage waits for the preprocessor
@@ -83,7 +83,7 @@ def test_a_request_over_the_timeout_is_408_and_cancels_its_stages(job):
 def test_a_stage_that_died_is_retried_once_then_503_with_retry_after(job):
     stages = [StandInStage(ActorDiedError()), *(StandInStage() for _ in range(4))]
     with pytest.raises(StageUnavailableError) as error:
-        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, b"image"))
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, [b"image"]))
     assert (error.value.code, error.value.http_status, error.value.retry_after_s) == ("stage_unavailable", 503, 5)
     started = [call for stage in stages for call in stage.calls]
     assert len(stages[0].calls) == 2 and len(started) == 2 and all(call.cancelled for call in started)
@@ -95,7 +95,7 @@ def test_a_stage_that_failed_on_a_dead_stage_s_result_is_a_503_too(job):
     died = RayTaskError("__call__", "Traceback…", RayTaskError("__call__", "Traceback…", ActorDiedError()))
     stages = [StandInStage(died), *(StandInStage() for _ in range(4))]
     with pytest.raises(StageUnavailableError):
-        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, b"image"))
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, [b"image"]))
     assert len(stages[0].calls) == 2  # retried once, as a stage that died itself
 
 

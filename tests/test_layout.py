@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from numerics import assert_tensors_close
 
-from serve_app.pipeline.layout import MASK_FROM_FACE, MASK_FROM_PRIOR, face_region_mask, generate_layout
+from serve_app.pipeline.layout import MASK_FROM_FACE, MASK_FROM_PRIOR, face_region_masks, generate_layout
 from serve_app.pipeline.masks import prior_ellipse, soft_ellipse_mask, to_image_resolution, to_latent_resolution
 from serve_app.pipeline.sampling import SamplingPlan
 
@@ -19,7 +19,7 @@ PRIOR = prior_ellipse(SIDE, (0.5, 0.4), (0.2, 0.26))
 def test_mask_covers_the_detected_face(models, astronaut):
     preview = cv2.resize(astronaut[10:250, 105:345], (SIDE, SIDE), interpolation=cv2.INTER_AREA)  # a portrait crop
     face = models.faces.detect(preview)[0]
-    mask, source = face_region_mask(models.faces, preview, PRIOR, LATENT)
+    [mask], source = face_region_masks(models.faces, preview, [PRIOR], LATENT)
     assert source == MASK_FROM_FACE
     assert mask.shape == (LATENT, LATENT) and 0.0 <= mask.min() and mask.max() <= 1.0
     full = to_image_resolution(mask, SIDE)
@@ -32,7 +32,7 @@ def test_mask_covers_the_detected_face(models, astronaut):
 
 def test_mask_falls_back_to_the_prior_without_a_face(models):
     cat = cv2.resize(skimage.data.chelsea(), (SIDE, SIDE))
-    mask, source = face_region_mask(models.faces, cat, PRIOR, LATENT)
+    [mask], source = face_region_masks(models.faces, cat, [PRIOR], LATENT)
     assert source == MASK_FROM_PRIOR
     np.testing.assert_array_equal(mask, to_latent_resolution(soft_ellipse_mask(SIDE, PRIOR), LATENT))
 
@@ -51,7 +51,7 @@ def test_generate_layout_gives_per_seed_latents_and_masks(models):
     )
     prior = prior_ellipse(plan.size, (0.5, 0.4), (0.2, 0.26))
     steps = []
-    layout = generate_layout(models.diffusion, models.faces, plan, prior, lambda done, total: steps.append(done))
+    layout = generate_layout(models.diffusion, models.faces, plan, [prior], lambda done, total: steps.append(done))
     assert steps == [1, 2, 3]
     assert layout.latents.shape == (3, 4, 8, 8) and layout.masks.shape == (3, 1, 8, 8)
     assert set(layout.mask_sources) <= {MASK_FROM_FACE, MASK_FROM_PRIOR}
@@ -60,5 +60,5 @@ def test_generate_layout_gives_per_seed_latents_and_masks(models):
     # a candidate depends on its own seed only, up to batch-shape kernels: batch 1 against batch 3 measured at most
     # 2.9e-5 apart on latents up to 10 (2-core AVX-512/AMX Xeon, AVX-512, AVX2 and SSE kernels); tolerance 1e-4
     # (tests/numerics.py). Another seed's latents differ by 17.
-    alone = generate_layout(models.diffusion, models.faces, SamplingPlan(**{**plan.__dict__, "seeds": (2,)}), prior)
+    alone = generate_layout(models.diffusion, models.faces, SamplingPlan(**{**plan.__dict__, "seeds": (2,)}), [prior])
     assert_tensors_close(alone.latents[0], layout.latents[1])

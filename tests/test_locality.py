@@ -34,7 +34,7 @@ def measure(models, astronaut_png):
 
     def at(t1: float) -> Locality:
         plan = SamplingPlan("portrait of a person in a fedora", "blurry", (embedding,), (1, 2, 3), SIZE, 20, 7.5, 1.0, t1)
-        return locality(models.diffusion, models.faces, plan, prior_ellipse(SIZE, (0.5, 0.42), (0.2, 0.26)))
+        return locality(models.diffusion, models.faces, plan, [prior_ellipse(SIZE, (0.5, 0.42), (0.2, 0.26))])
 
     return at
 

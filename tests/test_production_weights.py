@@ -191,7 +191,7 @@ def test_production_profile_generates_portraits(weights_dir, manifest_file, astr
     SegFormer parsing, GFPGAN, ArcFace conditioning and ranking, inswapper where a candidate has a face."""
     models = Models(ModelSettings(profile="production", weights_dir=weights_dir, weights_manifest=manifest_file))
     options = PortraitOptions(style="film-noir", num_candidates=2, top_k=1, seed=3, size=64, steps=2, upscale=2)
-    run = generate(PortraitPipeline(models), astronaut_png, StyleCatalog(styles_dir).get("film-noir"), options)
+    run = generate(PortraitPipeline(models), [astronaut_png], StyleCatalog(styles_dir).get("film-noir"), options)
     (portrait,) = run.portraits
     assert portrait.image.shape == (128, 128, 3)
     assert np.ptp(portrait.image) > 0

@@ -41,7 +41,7 @@ def reference(models, astronaut_png):
 def candidates(astronaut) -> list[Candidate]:
     portrait = cv2.resize(astronaut[10:250, 105:345], (SIDE, SIDE), interpolation=cv2.INTER_AREA)
     mask = np.zeros((SIDE // 8, SIDE // 8), np.float32)
-    return [Candidate(np.roll(portrait, shift, axis=1), seed, mask) for seed, shift in enumerate((0, 3, 6))]
+    return [Candidate(np.roll(portrait, shift, axis=1), seed, mask[None]) for seed, shift in enumerate((0, 3, 6))]
 
 
 def test_the_tiny_checker_runs_and_flags_nothing(models, candidates):
@@ -52,19 +52,19 @@ def test_the_tiny_checker_runs_and_flags_nothing(models, candidates):
 
 def test_flagged_candidates_are_rejected_and_blacked_out(models, candidates, reference):
     ranker = FusionRanker(models.faces, models.recognizer, flagging(models.safety_checker), models.face_swapper)
-    ranked = ranker.rank(candidates, reference, top_k=2)
+    ranked = ranker.rank(candidates, [reference], top_k=2)
     assert len(ranked) == 2
     assert all(p.rejected == UNSAFE_CONTENT and not p.image.any() and p.identity_score == 0.0 for p in ranked)
-    assert all(p.face_points is None and p.placement is None for p in ranked)
+    assert all(p.faces_points == [] and p.placement is None for p in ranked)
 
 
 def test_safe_candidates_fill_the_k_first(models, candidates, reference):
     """Accepted portraits, then other rejects (still portraits), then the blacked-out unsafe ones."""
     cat = cv2.resize(skimage.data.chelsea(), (SIDE, SIDE))
-    faceless = Candidate(cat, 9, candidates[0].mask)  # an empty layout mask too: nowhere to put the face
+    faceless = Candidate(cat, 9, candidates[0].masks)  # an empty layout mask too: nowhere to put the face
     unsafe_first = FirstUnsafe(models.safety_checker.model, models.safety_checker.processor)
     ranker = FusionRanker(models.faces, models.recognizer, unsafe_first, models.face_swapper)
-    ranked = ranker.rank([candidates[0], faceless, candidates[1]], reference, top_k=3)
+    ranked = ranker.rank([candidates[0], faceless, candidates[1]], [reference], top_k=3)
     assert [(p.seed, p.rejected) for p in ranked] == [(1, None), (9, "no_face"), (0, UNSAFE_CONTENT)]
     assert not ranked[-1].image.any() and ranked[1].image.any()
 

@@ -171,7 +171,7 @@ async def preview_style(
     options = PortraitOptions(style=style.versioned_id, seed=preview.seed, **PREVIEW_OPTIONS)
     job = PortraitJob(request_id_for(request), style.versioned_id, portrait_request(options, style.manifest, preview.seed))
     with admission.admitted():
-        return portrait_response(job, await graph.generate(job, sample_face()))
+        return portrait_response(job, await graph.generate(job, [sample_face()]))
 
 
 @router.delete(

@@ -25,6 +25,7 @@ from serve_app.errors import (
 )
 from serve_app.jobs import records
 from serve_app.jobs.documents import job_response
+from serve_app.jobs.images import pack_images
 from serve_app.jobs.records import FINISHED, JobRecord, JobStatus, NewJob
 from serve_app.jobs.runner import FINAL_EVENTS, canceled_error, fingerprint, job_request
 from serve_app.jobs.store import JobStore
@@ -74,12 +75,13 @@ async def submit_job(request: Request, body: PortraitInput, services: Services) 
     style = services.catalog.get(body.options.style)
     seed = resolve_seed(body.options)
     # refused now (422), not when it runs
-    services.admission.cost(portrait_request(body.options, style.manifest, seed))
+    services.admission.cost(portrait_request(body.options, style.manifest, seed, len(body.images)))
     await checked_webhook(body.webhook, settings.webhook_allowed_hosts)
+    image = pack_images(body.images)
     new = NewJob(
         request=job_request(body.options, style.versioned_id, seed),
-        fingerprint=fingerprint(body.options, body.image, body.webhook),
-        image=body.image,
+        fingerprint=fingerprint(body.options, image, body.webhook),
+        image=image,
         webhook=body.webhook,
         idempotency_key=request.headers.get("idempotency-key"),
     )

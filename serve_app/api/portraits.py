@@ -68,7 +68,7 @@ STREAM = {"text/event-stream": {"schema": STREAM_EVENT}}
 async def create_portrait(
     request: Request, settings: Settings, catalog: Catalog, graph: Graph, admission: Admitting, studio: Studio
 ) -> PortraitResponse | StreamingResponse | JSONResponse:
-    # 1. Read and check the body: the image and the options
+    # 1. Read and check the body: the images (one per person) and the options
     queued = "respond-async" in request.headers.get("prefer", "")  # RFC 7240: the same request as a job
     body = await read_portrait_input(request, settings.max_image_bytes, JOB_BODY if queued else PORTRAIT_BODY)
     if queued:
@@ -77,20 +77,22 @@ async def create_portrait(
     style = catalog.get(body.options.style)
     request_id = request_id_for(request)
     seed = resolve_seed(body.options)
+    people = len(body.images)
     job = PortraitJob(
-        request_id, style.versioned_id, portrait_request(body.options, style.manifest, seed), body.options.return_masks
+        request_id, style.versioned_id, portrait_request(body.options, style.manifest, seed, people),
+        body.options.return_masks,
     )
     cost = admission.cost(job.request)
-    logger.info("portrait %s: style %s, %d bytes, N=%d K=%d, cost %.1f", request_id, job.style, len(body.image),
-                body.options.num_candidates, body.options.top_k, cost)
+    logger.info("portrait %s: style %s, %d bytes, P=%d N=%d K=%d, cost %.1f", request_id, job.style,
+                sum(map(len, body.images)), people, body.options.num_candidates, body.options.top_k, cost)
     # 3. Run the stage graph, streaming its progress when asked to
     if "text/event-stream" in request.headers.get("accept", ""):
         admission.check(cost)  # an overloaded stream request gets a 503 too, before the stream starts
         return StreamingResponse(
-            event_stream(graph, admission, job, cost, body.image), media_type="text/event-stream"
+            event_stream(graph, admission, job, cost, body.images), media_type="text/event-stream"
         )
     with admission.admitted(cost):
-        return portrait_response(job, await graph.generate(job, body.image))
+        return portrait_response(job, await graph.generate(job, body.images))
 
 
 def request_id_for(request: Request) -> str:
@@ -104,7 +106,7 @@ def sse(event: str, data: dict) -> str:
 
 
 async def event_stream(
-    graph: StageGraph, admission: Admission, job: PortraitJob, cost: float, image: bytes
+    graph: StageGraph, admission: Admission, job: PortraitJob, cost: float, images: tuple[bytes, ...]
 ) -> AsyncIterator[str]:
     """Progress events, then ``result`` or ``error``: once the headers are sent, errors go in-band."""
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -115,7 +117,7 @@ async def event_stream(
     async def produce() -> None:
         try:
             with admission.admitted(cost):
-                result = await graph.generate(job, image, emit)
+                result = await graph.generate(job, images, emit)
             await emit("result", portrait_response(job, result).model_dump())
         except Exception as exception:
             error = documented_error(exception)

@@ -34,7 +34,8 @@ def new_job_id() -> str:
 @dataclass(frozen=True)
 class NewJob:
     """What a submit stores: the request as the API validated it (JSON-ready), a fingerprint of the submitted body
-    (for ``Idempotency-Key``), the input image, and where to send the outcome."""
+    (for ``Idempotency-Key``), the input images (packed by ``serve_app.jobs.images``), and where to send the
+    outcome."""
 
     request: dict
     fingerprint: str

@@ -13,6 +13,8 @@ import fsspec
 
 IMAGE_FIELDS = {"image_base64": "png", "layout_mask_base64": "mask.png"}
 """The result document's image fields, and the suffix of the file each is kept in."""
+IMAGE_LIST_FIELDS = {"layout_masks_base64": "mask"}
+"""Its fields holding a list of images (one per person), and the stem of the suffix of each's file."""
 
 
 class JobResults:
@@ -44,10 +46,21 @@ class JobResults:
             for field, suffix in IMAGE_FIELDS.items():
                 data = image.pop(field)
                 if data is not None:
-                    name = f"{index}.{suffix}"
-                    self.fs.pipe_file(f"{self._folder(job_id)}/{name}", base64.b64decode(data))
-                    image["files"][field] = name
+                    image["files"][field] = self._write(job_id, f"{index}.{suffix}", data)
+            for field, stem in IMAGE_LIST_FIELDS.items():
+                images = image.pop(field)
+                if images is not None:
+                    image["files"][field] = [
+                        self._write(job_id, f"{index}.{stem}{person}.png", data) for person, data in enumerate(images)
+                    ]
         return recorded
+
+    def _write(self, job_id: str, name: str, data: str) -> str:
+        self.fs.pipe_file(f"{self._folder(job_id)}/{name}", base64.b64decode(data))
+        return name
+
+    def _read(self, job_id: str, name: str) -> str:
+        return base64.b64encode(self.fs.cat_file(f"{self._folder(job_id)}/{name}")).decode("ascii")
 
     def _document(self, job_id: str, recorded: dict) -> dict:
         document = copy.deepcopy(recorded)
@@ -55,9 +68,10 @@ class JobResults:
             files = image.pop("files")
             for field in IMAGE_FIELDS:
                 name = files.get(field)
-                image[field] = None if name is None else base64.b64encode(
-                    self.fs.cat_file(f"{self._folder(job_id)}/{name}")
-                ).decode("ascii")
+                image[field] = None if name is None else self._read(job_id, name)
+            for field in IMAGE_LIST_FIELDS:
+                names = files.get(field)
+                image[field] = None if names is None else [self._read(job_id, name) for name in names]
         return document
 
     def _delete(self, job_ids: list[str]) -> None:

@@ -20,6 +20,7 @@ from deployments.stream import PortraitJob
 from serve_app.admission import Admission
 from serve_app.errors import InternalError, JobCanceledError, documented_error
 from serve_app.graph import StageGraph
+from serve_app.jobs.images import unpack_images
 from serve_app.jobs.records import JobRecord, JobStatus
 from serve_app.jobs.results import JobResults
 from serve_app.jobs.store import JobStore
@@ -56,7 +57,8 @@ def job_request(options: PortraitOptions, versioned_style: str, seed: int) -> di
 
 
 def fingerprint(options: PortraitOptions, image: bytes, webhook: str | None) -> str:
-    """Of a submitted body, for ``Idempotency-Key``: the options as sent, the webhook and the image's bytes."""
+    """Of a submitted body, for ``Idempotency-Key``: the options as sent, the webhook and the images' bytes (as
+    ``pack_images`` keeps them)."""
     sent = {**options_document(options), "webhook": webhook}
     digest = hashlib.sha256(json.dumps(sent, sort_keys=True).encode())
     digest.update(hashlib.sha256(image).digest())
@@ -141,13 +143,13 @@ class JobRunner:
             if record.cancel_requested:  # canceled while the replica that held it died
                 stopped_by.append("canceled")
                 raise asyncio.CancelledError
-            job = self._portrait_job(record)
-            image = await self.store.image(job_id)
+            images = unpack_images(await self.store.image(job_id))
+            job = self._portrait_job(record, len(images))
             cost = self.admission.cost(job.request)
             while not self.admission.has_room(cost):
                 await self.news()  # a job of this replica that ends frees room
             with self.admission.admitted(cost):
-                result = await self.graph.generate(job, image, lambda name, data: self._event(job_id, name, data))
+                result = await self.graph.generate(job, images, lambda name, data: self._event(job_id, name, data))
             kept = await self.results.keep(job_id, portrait_response(job, result).model_dump(mode="json"))
             await self._event(job_id, "result", kept)
             await self._finish(job_id, JobStatus.SUCCEEDED, result=kept)
@@ -167,10 +169,10 @@ class JobRunner:
         finally:
             lease.cancel()
 
-    def _portrait_job(self, record: JobRecord) -> PortraitJob:
+    def _portrait_job(self, record: JobRecord, people: int) -> PortraitJob:
         options = PortraitOptions.model_validate(record.request["options"])
         style = self.catalog.version(record.request["style"])
-        request = portrait_request(options, style.manifest, record.request["seed"])
+        request = portrait_request(options, style.manifest, record.request["seed"], people)
         return PortraitJob(record.id, style.versioned_id, request, options.return_masks)
 
     async def _hold_lease(self, job_id: str, run: asyncio.Task, stopped_by: list[str]) -> None:

@@ -80,18 +80,54 @@ class Locality:
 
 
 @torch.inference_mode()
-def locality(pipe: StableDiffusionPipeline, faces: FaceAnalyzer, plan: SamplingPlan, prior: Ellipse) -> Locality:
-    """mean|blend − none| / mean|reference − none| over the latents where the layout mask is ≈ 0, and ≈ 1."""
+def locality(
+    pipe: StableDiffusionPipeline, faces: FaceAnalyzer, plan: SamplingPlan, priors: Sequence[Ellipse]
+) -> Locality:
+    """mean|blend − none| / mean|reference − none| over the latents where the layout masks (all people's) are ≈ 0,
+    and ≈ 1."""
     plan = replace(plan, identity_weight=1.0)
     none = sample_constant_identity(pipe, plan, IDENTITY_FREE)
     plain = sample_constant_identity(pipe, plan, IDENTITY)
-    layout = generate_layout(pipe, faces, plan, prior)
+    layout = generate_layout(pipe, faces, plan, priors)
     blend = blend_latents(pipe, plan, layout, layout.masks)
     from_t1 = blend_latents(pipe, plan, layout, torch.ones_like(layout.masks))
-    masks = layout.masks.expand_as(blend)
+    masks = layout.masks.sum(1, keepdim=True).expand_as(blend)
 
     def ratio(reference: torch.Tensor, region: torch.Tensor) -> float:
         return float((blend - none).abs()[region].mean() / (reference - none).abs()[region].mean())
 
     outside, inside = masks < OUTSIDE, masks > INSIDE
     return Locality(ratio(plain, outside), ratio(plain, inside), ratio(from_t1, outside), ratio(from_t1, inside))
+
+
+@dataclass(frozen=True)
+class PersonLocality:
+    """Person i's identity effect on a group blend's final latents (the blend against the same blend with M_i
+    emptied, so their region takes the identity-free branch): its mean outside their own mask as a share of its
+    mean inside, and its mean inside each other person's mask as that share."""
+
+    outside_own_mask_ratio: float
+    in_others_masks_ratio: float
+
+
+@torch.inference_mode()
+def person_locality(
+    pipe: StableDiffusionPipeline, faces: FaceAnalyzer, plan: SamplingPlan, priors: Sequence[Ellipse]
+) -> list[PersonLocality]:
+    """Each person's ``PersonLocality`` at λ = 1, from one layout and the same noise."""
+    plan = replace(plan, identity_weight=1.0)
+    layout = generate_layout(pipe, faces, plan, priors)
+    blend = blend_latents(pipe, plan, layout, layout.masks)
+    found = []
+    for person in range(plan.people):
+        emptied = layout.masks.clone()
+        emptied[:, person] = 0
+        effect = (blend - blend_latents(pipe, plan, layout, emptied)).abs()
+        own = layout.masks[:, person : person + 1].expand_as(effect)
+        others = torch.cat([layout.masks[:, :person], layout.masks[:, person + 1 :]], 1).amax(1, keepdim=True)
+        inside = float(effect[own > INSIDE].mean())
+        found.append(PersonLocality(
+            outside_own_mask_ratio=float(effect[own < OUTSIDE].mean()) / inside,
+            in_others_masks_ratio=float(effect[others.expand_as(effect) > INSIDE].mean()) / inside,
+        ))
+    return found

@@ -67,6 +67,13 @@ class NoFaceError(PortraitError):
     http_status = 422
 
 
+class SamePersonError(PortraitError):
+    """Two references of a group portrait are the same person: each person stands once."""
+
+    code = "same_person"
+    http_status = 422
+
+
 class UnknownStyleError(PortraitError):
     """The requested style does not exist."""
 

@@ -127,8 +127,9 @@ class FaceAnalyzer(Protocol):
         """All faces in an RGB image, largest first. ``fallbacks=False`` runs the first detector alone; ``region``
         (x0, y0, x1, y1) limits the search to that area; ``min_face`` (px) is the smallest face to look for."""
 
-    def detect_generated(self, image: np.ndarray, region: Box | None = None) -> list[DetectedFace]:
-        """Faces in a generated portrait: no fallbacks (no tight crops there), faces a third of the side or more."""
+    def detect_generated(self, image: np.ndarray, region: Box | None = None, people: int = 1) -> list[DetectedFace]:
+        """Faces in a generated portrait of ``people`` people: no fallbacks (no tight crops there), each face a
+        third of the side or more shared among them."""
 
 
 class RegionFaceAnalyzer(ABC):
@@ -151,8 +152,9 @@ class RegionFaceAnalyzer(ABC):
             faces = self._find(image, area, (x0, y0), fallbacks, min_face)
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
-    def detect_generated(self, image: np.ndarray, region: Box | None = None) -> list[DetectedFace]:
-        return self.detect(image, fallbacks=False, region=region, min_face=GENERATED_FACE_FRACTION * image.shape[0])
+    def detect_generated(self, image: np.ndarray, region: Box | None = None, people: int = 1) -> list[DetectedFace]:
+        min_face = GENERATED_FACE_FRACTION * image.shape[0] / people
+        return self.detect(image, fallbacks=False, region=region, min_face=min_face)
 
     @abstractmethod
     def _find(

@@ -6,10 +6,15 @@
 2. check it is safe (see ``safety``);
 3. score identity (see ``recognition``), rejecting broken faces and unsafe images;
 4. keep the top K — always K, the shortfall filled with flagged rejects.
+
+With several people, each person's reference goes onto their own face (left to right, else by their layout
+masks), each face is scored against every reference, and a candidate is ranked by its worst person's score and
+rejected where a face is more like another person's reference than its own (``identity_swap``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 
 PLACED_ON_FACE = "detected"
 PLACED_BY_LAYOUT = "layout_mask"
+IDENTITY_SWAP = "identity_swap"  # a face resembles another person's reference more than its own
 # The face's extent on the 112² ArcFace template (jaw to forehead), used to place a face inside a mask box.
 TEMPLATE_FACE_BOX = (18.0, 20.0, 94.0, 112.0)
 
@@ -38,40 +44,98 @@ TEMPLATE_FACE_BOX = (18.0, 20.0, 94.0, 112.0)
 class Candidate:
     image: np.ndarray
     seed: int
-    mask: np.ndarray
+    masks: np.ndarray  # the layout's face masks [P, h, w], one per person, at latent resolution
 
 
 def make_candidates(images: Sequence[np.ndarray], seeds: Sequence[int], masks: torch.Tensor) -> list[Candidate]:
-    """Pair the blend sampler's images with their seeds and layout masks ([N, 1, h, w])."""
+    """Pair the blend sampler's images with their seeds and layout masks ([N, P, h, w])."""
     return [
-        Candidate(image=image, seed=seed, mask=mask[0].float().cpu().numpy()) for image, seed, mask in zip(images, seeds, masks)
+        Candidate(image=image, seed=seed, masks=mask.float().cpu().numpy())
+        for image, seed, mask in zip(images, seeds, masks)
     ]
 
 
 @dataclass(frozen=True)
+class PlacedPerson:
+    """One person in a portrait: their identity score, ``bleed`` (the best score of their face against any other
+    person's reference; None alone), where their face was placed, and its five points (which the upscaler
+    restores)."""
+
+    identity_score: float
+    bleed: float | None
+    placement: str | None
+    face_points: np.ndarray | None
+
+    def scaled(self, scale: int) -> PlacedPerson:
+        points = None if self.face_points is None else self.face_points * scale
+        return dataclasses.replace(self, face_points=points)
+
+
+@dataclass(frozen=True)
 class RankedPortrait:
+    """A scored candidate: ``identity_score`` is the worst person's; ``people`` left to right."""
+
     image: np.ndarray
     seed: int
     identity_score: float
-    judge: str  # the recognizer that gave identity_score
-    face_points: np.ndarray | None  # the five points of the fused face, which the upscaler restores
-    placement: str | None
+    judge: str  # the recognizer that gave the scores
+    people: tuple[PlacedPerson, ...]
     rejected: str | None
-    mask: np.ndarray  # the candidate's layout mask, at latent resolution
+    masks: np.ndarray  # the candidate's layout masks [P, h, w], at latent resolution
 
     @property
     def accepted(self) -> bool:
         return self.rejected is None
 
+    @property
+    def placement(self) -> str | None:
+        """'layout_mask' if any face was placed by its layout mask, else 'detected' (None: nothing placed)."""
+        placements = {person.placement for person in self.people}
+        return None if None in placements else PLACED_BY_LAYOUT if PLACED_BY_LAYOUT in placements else PLACED_ON_FACE
+
+    @property
+    def faces_points(self) -> list[np.ndarray]:
+        return [person.face_points for person in self.people if person.face_points is not None]
+
+
+def usable_faces(faces: list[DetectedFace], people: int) -> tuple[list[DetectedFace], str | None]:
+    """The faces to fuse into (up to ``people``), or why the candidate is broken. Fewer faces is not broken: the
+    layout masks say where the missing ones belong."""
+    if len(faces) > people:
+        return [], "several_faces"
+    if not all(face.is_frontal() for face in faces):
+        return [], "extreme_pose"
+    return faces, None
+
 
 def usable_face(faces: list[DetectedFace]) -> tuple[DetectedFace | None, str | None]:
-    """The one face to fuse into, or why the candidate is broken. No face at all is not broken: the layout
-    mask says where the face belongs."""
-    if len(faces) > 1:
-        return None, "several_faces"
-    if faces and not faces[0].is_frontal():
-        return None, "extreme_pose"
-    return (faces[0] if faces else None), None
+    """The one face of a single-person region, or why it is broken (no face: neither)."""
+    found, broken = usable_faces(faces, 1)
+    return (found[0] if found else None), broken
+
+
+def assign_faces(faces: Sequence[DetectedFace], masks: np.ndarray, side: int) -> list[DetectedFace | None]:
+    """Each person's face in a ``side``² image: left to right when every person has one, else each face to the
+    person whose mask weighs most at its centre (one face per person); None where a person has none."""
+    people = len(masks)
+    if len(faces) == people:
+        return sorted(faces, key=lambda face: face.box[0] + face.box[2])
+    weights = [(mask_at(mask, face.box, side), f, p) for f, face in enumerate(faces) for p, mask in enumerate(masks)]
+    assigned: list[DetectedFace | None] = [None] * people
+    taken: set[int] = set()
+    for _, face, person in sorted(weights, reverse=True):
+        if assigned[person] is None and face not in taken:
+            assigned[person] = faces[face]
+            taken.add(face)
+    return assigned
+
+
+def mask_at(mask: np.ndarray, box: tuple[float, float, float, float], side: int) -> float:
+    """A latent-resolution mask's weight at the centre of a box in a ``side``² image."""
+    latent_side = mask.shape[-1]
+    x, y = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    column, row = (min(int(v * latent_side / side), latent_side - 1) for v in (x, y))
+    return float(mask[row, column])
 
 
 def points_in_box(box: tuple[float, float, float, float]) -> np.ndarray:
@@ -109,17 +173,19 @@ def fuse_face(
 
 
 def rank_key(portrait: RankedPortrait) -> tuple[bool, bool, float]:
-    """Accepted first, then the other rejects (still portraits), blacked-out unsafe ones last; by score within."""
+    """Accepted first, then the other rejects (still portraits), blacked-out unsafe ones last; by the worst
+    person's score within."""
     return portrait.accepted, portrait.rejected != UNSAFE_CONTENT, portrait.identity_score
 
 
 @dataclass(frozen=True)
 class Fused:
-    """A candidate after fusion: the image, how the face was placed, the region to look for it, or why broken."""
+    """A candidate after fusion: the image, per person how the face was placed and the region to look for it, or
+    why the candidate is broken (no people then)."""
 
     image: np.ndarray
-    placement: str | None
-    region: tuple[float, float, float, float] | None
+    placements: tuple[str, ...]
+    regions: tuple[tuple[float, float, float, float], ...]
     broken: str | None
 
 
@@ -130,6 +196,14 @@ def face_region(points: np.ndarray, image_side: int, reach: float = 1.6) -> tupl
     x0, y0 = np.clip(centre - half, 0, image_side)
     x1, y1 = np.clip(centre + half, 0, image_side)
     return float(x0), float(y0), float(x1), float(y1)
+
+
+def nearest_face(faces: Sequence[DetectedFace], region: tuple[float, float, float, float]) -> list[DetectedFace]:
+    """Of the faces found in a group member's region (a neighbour's may reach into it), the one nearest its centre."""
+    if len(faces) <= 1:
+        return list(faces)
+    centre = np.array([(region[0] + region[2]) / 2, (region[1] + region[3]) / 2])
+    return [min(faces, key=lambda face: float(np.linalg.norm(face.five_points.mean(0) - centre)))]
 
 
 def swap_face(swapper: INSwapper, image: np.ndarray, face: DetectedFace, embedding: np.ndarray) -> np.ndarray:
@@ -151,67 +225,111 @@ class FusionRanker:
     def of(cls, models: Models) -> FusionRanker:
         return cls(models.faces, models.recognizer, models.safety_checker, models.face_swapper)
 
+    def find(
+        self, image: np.ndarray, region: tuple[float, float, float, float] | None = None, people: int = 1
+    ) -> tuple[DetectedFace | None, str | None]:
+        """The face in ``image`` (within ``region`` if given) of one of ``people`` people, or why there is none."""
+        found = self.faces.detect_generated(image, region, people)
+        face, broken = usable_face(found if people == 1 or region is None else nearest_face(found, region))
+        return (None, broken or "no_face") if face is None else (face, None)
+
     def score(
         self, image: np.ndarray, descriptor: np.ndarray, region: tuple[float, float, float, float] | None = None
     ) -> tuple[float, DetectedFace | None, str | None]:
         """Identity score of the face in ``image`` (within ``region`` if given) against a reference descriptor,
         with the face, or the reason there is none."""
-        face, broken = usable_face(self.faces.detect_generated(image, region))
-        if broken is not None:
-            return 0.0, None, broken
+        face, broken = self.find(image, region)
         if face is None:
-            return 0.0, None, "no_face"
+            return 0.0, None, broken
         return self.recognizer.similarity(self.recognizer.describe(image, face), descriptor), face, None
 
-    def fuse(self, candidate: Candidate, reference: Reference) -> Fused:
-        """Fuse the reference face onto the candidate's face, or where the layout mask puts it if it has none."""
-        face, broken = usable_face(self.faces.detect_generated(candidate.image))
+    def fuse(self, candidate: Candidate, references: Sequence[Reference]) -> Fused:
+        """Fuse each person's reference face onto their face in the candidate, or where their layout mask puts it
+        if the sampler drew none for them."""
+        people, side = len(references), candidate.image.shape[0]
+        found, broken = usable_faces(self.faces.detect_generated(candidate.image, people=people), people)
         if broken is not None:
-            return Fused(candidate.image, None, None, broken)
-        side = candidate.image.shape[0]
+            return Fused(candidate.image, (), (), broken)
+        image, placements, regions = candidate.image, [], []
+        for reference, face, mask in zip(references, assign_faces(found, candidate.masks, side), candidate.masks):
+            placed = self.fuse_person(image, reference, face, mask)
+            if placed is None:
+                return Fused(candidate.image, (), (), "no_face")
+            image, placement, region = placed
+            placements.append(placement)
+            regions.append(region)
+        return Fused(image, tuple(placements), tuple(regions), None)
+
+    def fuse_person(
+        self, image: np.ndarray, reference: Reference, face: DetectedFace | None, mask: np.ndarray
+    ) -> tuple[np.ndarray, str, tuple[float, float, float, float]] | None:
+        """One person's reference face fused onto ``face``, or into their layout mask's box (None: it is empty)."""
+        side = image.shape[0]
         if face is not None and self.swapper is not None:
-            image = swap_face(self.swapper, candidate.image, face, reference.identity_embedding)
-            return Fused(image, PLACED_ON_FACE, face_region(face.five_points, side), None)
+            swapped = swap_face(self.swapper, image, face, reference.identity_embedding)
+            return swapped, PLACED_ON_FACE, face_region(face.five_points, side)
         if face is not None:
             target_points, placement = face.five_points, PLACED_ON_FACE
         else:
-            box = mask_box(to_image_resolution(candidate.mask, side))
+            box = mask_box(to_image_resolution(mask, side))
             if box is None:
-                return Fused(candidate.image, None, None, "no_face")
+                return None
             target_points, placement = points_in_box(box), PLACED_BY_LAYOUT
         aligned = reference.aligned_face
         source_points = ARCFACE_TEMPLATE * (aligned.shape[0] / 112.0)
-        image = fuse_face(candidate.image, target_points, aligned, source_points, reference.aligned_mask)
-        return Fused(image, placement, face_region(target_points, side), None)
+        fused = fuse_face(image, target_points, aligned, source_points, reference.aligned_mask)
+        return fused, placement, face_region(target_points, side)
 
     def checked(self, fused: list[Fused]) -> list[Fused]:
         """Every fused image through the safety check: flagged ones are blacked out and rejected."""
         unsafe = self.safety.flags([f.image for f in fused])
-        return [Fused(np.zeros_like(f.image), None, None, UNSAFE_CONTENT) if bad else f for f, bad in zip(fused, unsafe)]
+        return [Fused(np.zeros_like(f.image), (), (), UNSAFE_CONTENT) if bad else f for f, bad in zip(fused, unsafe)]
 
-    def rank(self, candidates: list[Candidate], reference: Reference, top_k: int) -> list[RankedPortrait]:
+    def rank(
+        self, candidates: list[Candidate], references: Sequence[Reference], top_k: int
+    ) -> list[RankedPortrait]:
         """Fuse, safety-check, score and sort every candidate; the best ``top_k``."""
-        # 1. Fuse the reference face into every candidate
-        fused = [self.fuse(candidate, reference) for candidate in candidates]
+        # 1. Fuse each person's reference face into every candidate
+        fused = [self.fuse(candidate, references) for candidate in candidates]
         # 2. Check they are safe (flagged ones are blacked out and rejected)
         checked = self.checked(fused)
-        # 3. Score identity, rejecting broken faces and unsafe images
-        portraits = [self.scored(c, f, reference.recognition_descriptor) for c, f in zip(candidates, checked)]
-        # 4. Keep the top K, rejects filling any shortfall
+        # 3. Score each person's identity, rejecting broken faces, swapped identities and unsafe images
+        descriptors = [reference.recognition_descriptor for reference in references]
+        portraits = [self.scored(c, f, descriptors) for c, f in zip(candidates, checked)]
+        # 4. Keep the top K by the worst person's score, rejects filling any shortfall
         return sorted(portraits, key=rank_key, reverse=True)[:top_k]
 
-    def scored(self, candidate: Candidate, fused: Fused, descriptor: np.ndarray) -> RankedPortrait:
-        """The portrait of a fused candidate with its identity score, or rejected with why (score 0)."""
-        score, face, rejected = (
-            self.score(fused.image, descriptor, fused.region) if fused.broken is None else (0.0, None, fused.broken)
-        )
+    def scored(self, candidate: Candidate, fused: Fused, descriptors: Sequence[np.ndarray]) -> RankedPortrait:
+        """The portrait of a fused candidate with each person's scores (its own: the worst person's), or rejected
+        with why: a broken or missing face (score 0), or a face more like another person's reference than its own
+        (identity_swap, scores kept)."""
+        people, reasons = zip(*(self.placed_person(fused, i, descriptors) for i in range(len(descriptors))))
+        rejected = fused.broken or next((reason for reason in reasons if reason is not None), None)
+        if rejected is None and any(p.bleed is not None and p.bleed > p.identity_score for p in people):
+            rejected = IDENTITY_SWAP
         return RankedPortrait(
             image=fused.image,
             seed=candidate.seed,
-            identity_score=score,
+            identity_score=min(p.identity_score for p in people) if rejected in (None, IDENTITY_SWAP) else 0.0,
             judge=self.recognizer.name,
-            face_points=face.five_points if face else None,
-            placement=fused.placement,
+            people=people,
             rejected=rejected,
-            mask=candidate.mask,
+            masks=candidate.masks,
         )
+
+    def placed_person(
+        self, fused: Fused, person: int, descriptors: Sequence[np.ndarray]
+    ) -> tuple[PlacedPerson, str | None]:
+        """Person ``person``'s scores in a fused image: against their own reference and, for bleed, the others'
+        (none for a broken candidate, with no reason of its own)."""
+        alone = len(descriptors) == 1
+        if fused.broken is not None:
+            return PlacedPerson(0.0, None if alone else 0.0, None, None), None
+        placement = fused.placements[person]
+        face, broken = self.find(fused.image, fused.regions[person], len(descriptors))
+        if face is None:
+            return PlacedPerson(0.0, None if alone else 0.0, placement, None), broken
+        descriptor = self.recognizer.describe(fused.image, face)
+        scores = [self.recognizer.similarity(descriptor, reference) for reference in descriptors]
+        bleed = None if alone else max(score for j, score in enumerate(scores) if j != person)
+        return PlacedPerson(scores[person], bleed, placement, face.five_points), None

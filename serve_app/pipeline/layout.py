@@ -1,10 +1,12 @@
-"""Stage 2, the layout-mask generator: the style alone decides the composition; identity only tells where the
+"""Stage 2, the layout-mask generator: the style alone decides the composition; identity only tells where each
 face will be.
 
 1. denoise N candidates prompt-only from T to t1 (the identity attention is skipped);
-2. at t1 predict the noise with identity and take the DDIM one-step estimate x̂0;
-3. decode x̂0, detect the face, and turn it into a soft face-region mask at latent resolution;
-4. without a face, fall back to the style's prior ellipse — never fail.
+2. at t1 predict the noise with each person's identity in its own branch and take the DDIM one-step estimate x̂0
+   of their mean;
+3. decode x̂0, detect the faces, give them to the people left to right, and turn each into a soft face-region
+   mask at latent resolution (made disjoint where they touch);
+4. with fewer faces than people, fall back to the style's prior ellipses — never fail.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from serve_app.pipeline.faces import FaceAnalyzer
+from serve_app.pipeline.blend import disjoint_masks
+from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer
 from serve_app.pipeline.masks import Ellipse, face_ellipse, soft_ellipse_mask, to_latent_resolution
 from serve_app.pipeline.sampling import (
     IDENTITY,
@@ -40,8 +43,8 @@ MASK_FROM_PRIOR = "prior"
 
 @dataclass(frozen=True)
 class Layout:
-    """Per candidate: the latent at t1 [N, C, h, w], its soft face mask [N, 1, h, w], where the mask came from,
-    and the decoded x̂0 preview."""
+    """Per candidate: the latent at t1 [N, C, h, w], its soft face masks [N, P, h, w] (one per person, left to
+    right), where the masks came from, and the decoded x̂0 preview."""
 
     latents: torch.Tensor
     masks: torch.Tensor
@@ -55,13 +58,22 @@ def predicted_original(scheduler, latents: torch.Tensor, noise: torch.Tensor, ti
     return (latents - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
 
 
-def face_region_mask(
-    faces: FaceAnalyzer, preview: np.ndarray, prior: Ellipse, latent_side: int
+def placed_faces(faces: FaceAnalyzer, preview: np.ndarray, people: int) -> list[DetectedFace] | None:
+    """The ``people`` largest faces of a decoded x̂0, left to right, or None if it has fewer."""
+    found = faces.detect_generated(preview, people=people)
+    if len(found) < people:
+        return None
+    return sorted(found[:people], key=lambda face: face.box[0] + face.box[2])
+
+
+def face_region_masks(
+    faces: FaceAnalyzer, preview: np.ndarray, priors: Sequence[Ellipse], latent_side: int
 ) -> tuple[np.ndarray, str]:
-    """The soft face mask [h, w] of one decoded x̂0 and where it came from: its largest face, else the prior."""
-    found = faces.detect_generated(preview)
-    ellipse, source = (face_ellipse(found[0]), MASK_FROM_FACE) if found else (prior, MASK_FROM_PRIOR)
-    return to_latent_resolution(soft_ellipse_mask(preview.shape[0], ellipse), latent_side), source
+    """The soft face masks [P, h, w] of one decoded x̂0 and where they came from: its faces, else the priors."""
+    found = placed_faces(faces, preview, len(priors))
+    ellipses, source = (priors, MASK_FROM_PRIOR) if found is None else (map(face_ellipse, found), MASK_FROM_FACE)
+    side = preview.shape[0]
+    return np.stack([to_latent_resolution(soft_ellipse_mask(side, e), latent_side) for e in ellipses]), source
 
 
 class LayoutRun(BatchedRun):
@@ -98,12 +110,12 @@ class LayoutRun(BatchedRun):
         return self.done
 
     @torch.inference_mode()
-    def layouts(self, faces: FaceAnalyzer, priors: Sequence[Ellipse]) -> list[Layout]:
-        """Once at t1, every plan's layout; ``priors`` holds each plan's fallback ellipse."""
-        # 2. At t1, predict the noise with identity and take the one-step estimate x̂0
+    def layouts(self, faces: FaceAnalyzer, priors: Sequence[Sequence[Ellipse]]) -> list[Layout]:
+        """Once at t1, every plan's layout; ``priors`` holds each plan's fallback ellipses, one per person."""
+        # 2. At t1, predict the noise with each identity and take the one-step estimate x̂0
         t1 = self.scheduler.timesteps[self.total]
         estimate = identity_estimate(self.pipe, self.scheduler, self.latents, t1, self.conditioning)
-        # 3. Decode x̂0 and turn each candidate's face into its soft mask (4. the prior ellipse where it has none)
+        # 3. Decode x̂0 and turn each candidate's faces into soft masks (4. the prior ellipses where too few)
         previews = decode_latents(self.pipe, estimate)
         return [
             plan_layout(faces, prior, plan_latents, plan_previews)
@@ -117,7 +129,7 @@ def generate_layouts(
     pipe: StableDiffusionPipeline,
     faces: FaceAnalyzer,
     plans: Sequence[SamplingPlan],
-    priors: Sequence[Ellipse],
+    priors: Sequence[Sequence[Ellipse]],
     on_step: StepCallback | None = None,
 ) -> list[Layout]:
     """Layouts for several requests sharing a schedule, their candidates in one UNet batch."""
@@ -132,20 +144,22 @@ def generate_layouts(
 def identity_estimate(
     pipe: StableDiffusionPipeline, scheduler, latents: torch.Tensor, t1: torch.Tensor, conditioning: Conditioning
 ) -> torch.Tensor:
-    """x̂0 from the noise predicted at t1 with identity."""
-    noise = guided_noise(pipe, scheduler.scale_model_input(latents, t1), t1, conditioning, branch_gates=(IDENTITY,))[0]
+    """x̂0 from the noise predicted at t1 with identity: each person's in its own branch, the branches averaged."""
+    people = conditioning.identities.shape[1]
+    model_input = scheduler.scale_model_input(latents, t1)
+    noise = guided_noise(pipe, model_input, t1, conditioning, (IDENTITY,) * people, tuple(range(people))).mean(0)
     return predicted_original(scheduler, latents, noise, t1)
 
 
 def plan_layout(
-    faces: FaceAnalyzer, prior: Ellipse, latents: Sequence[torch.Tensor], previews: Sequence[np.ndarray]
+    faces: FaceAnalyzer, priors: Sequence[Ellipse], latents: Sequence[torch.Tensor], previews: Sequence[np.ndarray]
 ) -> Layout:
     """One request's layout from its candidates' latents [C, h, w] and decoded previews."""
     latent = latents[0]
-    masks, sources = zip(*(face_region_mask(faces, preview, prior, latent.shape[-1]) for preview in previews))
+    masks, sources = zip(*(face_region_masks(faces, preview, priors, latent.shape[-1]) for preview in previews))
     return Layout(
         latents=torch.stack(list(latents)),
-        masks=torch.from_numpy(np.stack(masks))[:, None].to(latent.device, latent.dtype),
+        masks=disjoint_masks(torch.from_numpy(np.stack(masks)).to(latent.device, latent.dtype)),
         mask_sources=sources,
         previews=tuple(previews),
     )
@@ -155,7 +169,7 @@ def generate_layout(
     pipe: StableDiffusionPipeline,
     faces: FaceAnalyzer,
     plan: SamplingPlan,
-    prior: Ellipse,
+    priors: Sequence[Ellipse],
     on_step: StepCallback | None = None,
 ) -> Layout:
-    return generate_layouts(pipe, faces, [plan], [prior], on_step)[0]
+    return generate_layouts(pipe, faces, [plan], [priors], on_step)[0]

@@ -1,31 +1,39 @@
-"""Stage 1, the preprocessor:
+"""Stage 1, the preprocessor, for each person's reference image (1 to MAX_PEOPLE, left to right in the portrait):
 
 1. decode and validate the image, and bound its size;
 2. find the one face (the largest);
 3. parse face and hair;
 4. beautify the skin and enhance the face;
 5. crop the face aligned, with the mask of its fused region;
-6. embed the identity.
+6. embed the identity;
+7. for a group, check that no two references are the same person.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 
 import cv2
 import numpy as np
 
 from serve_app.pipeline.beautify import smooth_skin
-from serve_app.pipeline.errors import NoFaceError
+from serve_app.pipeline.errors import InvalidParameterError, NoFaceError, PortraitError, SamePersonError
 from serve_app.pipeline.faces import DetectedFace, FaceAnalyzer, align_face
 from serve_app.pipeline.images import ImageLimits, decode_image, resize_max_side
 from serve_app.pipeline.models import Models
 from serve_app.pipeline.parsing import FaceParsing
+from serve_app.pipeline.recognition import Recognizer
+from serve_app.pipeline.request import MAX_PEOPLE
 from serve_app.pipeline.restoration import FaceRestorer, restore_face
 
 WORKING_MAX_SIDE = 1024
 ALIGNED_SIZE = 256
 ENHANCEMENT_STRENGTH = 0.5
+# Two references scoring this much alike (the ranking recognizer's identity score, 0.5 at its own same-person
+# threshold) are one person twice: stricter than verification, so that look-alike avatars are not refused.
+SAME_PERSON_SCORE = 0.7
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,40 @@ def preprocess(models: Models, data: bytes, limits: ImageLimits = ImageLimits())
         identity_negative=models.identity_encoder.negative,
         recognition_descriptor=descriptor,
     )
+
+
+def preprocess_people(
+    models: Models, images: Sequence[bytes], limits: ImageLimits = ImageLimits()
+) -> tuple[Reference, ...]:
+    """Every person's reference, in order; an image at fault is named (``image`` for one person, ``image[i]``
+    among several), and two references of one person are refused."""
+    if not 1 <= len(images) <= MAX_PEOPLE:
+        message = f"send 1 to {MAX_PEOPLE} face images, one per person; got {len(images)}"
+        raise InvalidParameterError(message, {"image": message})
+    if len(images) == 1:
+        return (preprocess(models, images[0], limits),)
+    references = []
+    for index, data in enumerate(images):
+        try:
+            references.append(preprocess(models, data, limits))
+        except PortraitError as error:
+            error.message = f"image {index + 1} of {len(images)}: {error.message}"
+            error.args, error.fields = (error.message,), {f"image[{index}]": error.message}
+            raise
+    check_distinct_people(models.recognizer, references)
+    return tuple(references)
+
+
+def check_distinct_people(recognizer: Recognizer, references: Sequence[Reference]) -> None:
+    """Refuse a group where two references score SAME_PERSON_SCORE or more alike."""
+    for (i, first), (j, second) in combinations(enumerate(references), 2):
+        score = recognizer.similarity(first.recognition_descriptor, second.recognition_descriptor)
+        if score >= SAME_PERSON_SCORE:
+            message = (
+                f"images {i + 1} and {j + 1} show the same person (identity score {score:.2f} ≥ "
+                f"{SAME_PERSON_SCORE}); send each person once"
+            )
+            raise SamePersonError(message, {f"image[{j}]": message})
 
 
 def largest_face(faces: FaceAnalyzer, image: np.ndarray) -> DetectedFace:

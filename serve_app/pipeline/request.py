@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_PEOPLE = 4  # reference images of one portrait, one per person
+
 
 @dataclass(frozen=True)
 class StyleLora:
@@ -17,7 +19,7 @@ class StyleLora:
 
 @dataclass(frozen=True)
 class FacePrior:
-    """Where the style expects the face when none is found: an ellipse in fractions of the image side."""
+    """Where the style expects a face when none is found: an ellipse in fractions of the image side."""
 
     center: tuple[float, float]
     radii: tuple[float, float]
@@ -25,7 +27,8 @@ class FacePrior:
 
 @dataclass(frozen=True)
 class PortraitRequest:
-    """Every default resolved: the prompts, the LoRA, one seed per candidate, and how to sample and finish."""
+    """Every default resolved: the prompts, the LoRA, one seed per candidate, and how to sample and finish.
+    ``face_priors``: one per person, left to right (the style's group prior for a group)."""
 
     prompt: str
     negative_prompt: str
@@ -38,4 +41,4 @@ class PortraitRequest:
     identity_weight: float
     t1: float
     upscale: int
-    face_prior: FacePrior
+    face_priors: tuple[FacePrior, ...]

@@ -3,6 +3,8 @@ the aligned face, pasted back through a feathered face ellipse."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from spandrel import ImageModelDescriptor
 
@@ -17,15 +19,15 @@ def upscale_portrait(
     upscalers: dict[int, ImageModelDescriptor],
     restorer: FaceRestorer,
     image: np.ndarray,
-    face_points: np.ndarray | None,
+    faces_points: Sequence[np.ndarray],
     scale: int,
 ) -> np.ndarray:
-    """Super-resolve by ``scale`` (1 keeps the size) and restore the face whose five points (given before
-    scaling) are ``face_points``."""
+    """Super-resolve by ``scale`` (1 keeps the size) and restore each face whose five points (given before
+    scaling) are in ``faces_points``."""
     if scale != 1:
         if scale not in upscalers:
             raise ValueError(f"no upscaler for ×{scale}; available: {sorted(upscalers)}")
         image = run_image_model(upscalers[scale], image)
-    if face_points is None:
-        return image
-    return restore_face(image, face_points * scale, restorer, FACE_RESTORATION_STRENGTH)
+    for points in faces_points:
+        image = restore_face(image, points * scale, restorer, FACE_RESTORATION_STRENGTH)
+    return image

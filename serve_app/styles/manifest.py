@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -33,6 +33,9 @@ PREVIEW_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "imag
 PREVIEW_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}
 MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 MAX_PREVIEW_PIXELS = 2048 * 2048
+# A derived group prior's horizontal radius is at most this share of the width per person: its grown, feathered mask
+# (MASK_GROWTH 1.25) then just reaches its neighbour's.
+GROUP_SPACING = 0.4
 # RFC 3339's date-time (offset required), which the OpenAPI "date-time" documents.
 RFC3339_DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 
@@ -109,6 +112,11 @@ class StyleManifest(BaseModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     prior_face_mask: PriorFaceMask = Field(default_factory=PriorFaceMask)
+    group_face_masks: dict[Literal[2, 3, 4], list[PriorFaceMask]] = Field(
+        default_factory=dict,
+        description="for a group portrait of 2, 3 or 4 people: that many prior ellipses, left to right; a count not "
+        "given spreads prior_face_mask's ellipse along a row",
+    )
     tags: list[str] = Field(default_factory=list)
     available_from: StrictAwareDatetime | None = Field(None, description="live from (timezone-aware); none: always")
     available_until: StrictAwareDatetime | None = Field(None, description="live until (timezone-aware); none: always")
@@ -121,6 +129,16 @@ class StyleManifest(BaseModel):
         if self.available_from and self.available_until and self.available_until <= self.available_from:
             raise ValueError("available_until must be after available_from")
         return self
+
+    @field_validator("group_face_masks")
+    @classmethod
+    def _one_mask_per_person(cls, value: dict[int, list[PriorFaceMask]]) -> dict[int, list[PriorFaceMask]]:
+        for people, masks in value.items():
+            if len(masks) != people:
+                raise ValueError(f"group_face_masks[{people}] needs {people} ellipses, got {len(masks)}")
+            if [mask.center_x for mask in masks] != sorted(mask.center_x for mask in masks):
+                raise ValueError(f"group_face_masks[{people}] must run left to right (increasing center_x)")
+        return value
 
     @field_validator("preview")
     @classmethod
@@ -144,6 +162,25 @@ class StyleManifest(BaseModel):
 
     def prompt(self, subject: str) -> str:
         return self.prompt_template.replace("{subject}", subject)
+
+    def face_masks(self, people: int) -> list[PriorFaceMask]:
+        """The prior ellipses of a portrait of ``people`` people, left to right: the style's own, else its single
+        ellipse spread evenly along a row, shrunk to fit (at most the row's share of the width)."""
+        if people == 1:
+            return [self.prior_face_mask]
+        if people in self.group_face_masks:
+            return self.group_face_masks[people]
+        single = self.prior_face_mask
+        shrink = min(1.0, GROUP_SPACING / people / single.radius_x)
+        return [
+            PriorFaceMask(
+                center_x=(index + 0.5) / people,
+                center_y=single.center_y,
+                radius_x=single.radius_x * shrink,
+                radius_y=single.radius_y * shrink,
+            )
+            for index in range(people)
+        ]
 
 
 class StyleFolderError(ValueError):

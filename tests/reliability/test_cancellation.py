@@ -154,7 +154,7 @@ def test_a_request_cancelled_on_purpose_stops_its_stages_work(metrics_url, sampl
 
     async def cancel_once_sampling() -> None:
         graph = StageGraph(StageHandles(*(serve.get_deployment_handle(name, APP) for name in STAGES)), 240)
-        task = asyncio.create_task(graph.generate(job, sample_face))
+        task = asyncio.create_task(graph.generate(job, [sample_face]))
         while metric_total(metrics_url, STEPS, stage="layout") == before["layout"]:  # the layout's loop is under way
             await asyncio.sleep(0.25)
         task.cancel()
