@@ -12,9 +12,11 @@ interleaved repeats on the same model and inputs, so the ratios hold on a noisy 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -62,7 +64,7 @@ def batched_step_ms(pipe, plan: SamplingPlan, candidates: int, repeats: int = 3)
 
 def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str, float]]:
     """Per people count P: the batched group step against P + 1 separate branch calls, medians of interleaved
-    repeats, and the time per step per person."""
+    repeats, and the resident memory each step adds at its peak."""
     generator = torch.Generator().manual_seed(1)
     figures = {}
     for people in (1, 2, 3, 4):
@@ -80,6 +82,7 @@ def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str,
             for name, noise in (("batched", guided_noise), ("separate", noise_branch_by_branch))
         }
         difference = (steps["batched"]() - steps["separate"]()).abs().max().item()
+        step_mib = {name: peak_mib(step) for name, step in steps.items()}
         times = {name: [] for name in steps}
         for _ in range(repeats):
             for name, step in steps.items():
@@ -90,9 +93,25 @@ def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str,
             "separate_ms": round(separate_ms, 2),
             "speedup": round(separate_ms / batched_ms, 3),
             "unet_rows": 2 * (1 + people) * len(group.seeds),
+            "batched_step_mib": step_mib["batched"],
+            "separate_step_mib": step_mib["separate"],
             "max_abs_difference": difference,
         }
     return figures
+
+
+def peak_mib(step) -> float:
+    """The resident memory one call of ``step`` adds at its peak (Linux: the peak is reset first)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
+    before = memory_kib("VmRSS")
+    step()
+    return round((memory_kib("VmHWM") - before) / 1024, 1)
+
+
+def memory_kib(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
 
 
 def timed_ms(step) -> float:

@@ -5,6 +5,7 @@ reference faces, styles, seeds, steps and size.
     python bench/quality.py --profile full-size --out DIR                   # a GPU: production shapes, random weights
     python bench/quality.py --profile production --weights-dir W --out DIR  # real weights: real figures
     python bench/quality.py --profile tiny-commercial --out DIR              # the commercial code paths
+    python bench/quality.py --profile tiny --out DIR --group                # and group portraits of 2 and 3
 
 Methods (the style's LoRA active in all):
 - ``blend``: the service's sampler (prompt-only layout to t1, then identity λ·M inside the layout's face mask),
@@ -27,6 +28,9 @@ Metrics, per image and averaged per method:
 - ``seam`` (λ sweep): gradient energy on the mask's boundary band over the energy in the face and around it.
 Locality (``serve_app.pipeline.baselines.locality``) is the structural proxy that needs no real weights.
 
+With ``--group``, group portraits of 2 and 3 different people too (``group_quality``: each face against each
+person's reference, bleed and margin, per-person locality, and which of those mean something on tiny).
+
 Writes DIR/summary.json, DIR/report.html (a contact sheet), DIR/lambda_sweep.png; prints JSON on the last line.
 """
 
@@ -48,19 +52,27 @@ import matplotlib
 import numpy as np
 import torch
 import transformers
+from group_quality import (
+    GROUP_SIZES,
+    GroupCase,
+    GroupJudge,
+    default_group_faces,
+    group_case,
+    group_report,
+    group_summary,
+)
 from serving import REPO
 from skimage.metrics import structural_similarity
 
 from serve_app.pipeline.baselines import locality, sample_constant_identity
 from serve_app.pipeline.blend import blend_sample
 from serve_app.pipeline.faces import DlibFaceAnalyzer
-from serve_app.pipeline.fusion import FusionRanker, make_candidates
+from serve_app.pipeline.fusion import make_candidates
 from serve_app.pipeline.images import decode_image, encode_png
 from serve_app.pipeline.layout import Layout, generate_layout
-from serve_app.pipeline.lora import style_adapters
 from serve_app.pipeline.masks import Ellipse, to_image_resolution
 from serve_app.pipeline.models import Models, load_models
-from serve_app.pipeline.portrait import face_prior_ellipses, make_plan
+from serve_app.pipeline.portrait import PortraitPipeline, face_prior_ellipses, make_plan
 from serve_app.pipeline.preprocess import Reference, preprocess
 from serve_app.pipeline.recognition import DlibRecognizer
 from serve_app.pipeline.sampling import IDENTITY, IDENTITY_FREE, SamplingPlan, decode_latents
@@ -77,6 +89,7 @@ from matplotlib import pyplot  # noqa: E402 (after choosing the file-only backen
 
 METHODS = ("blend", "blend_fused", "plain_ip_adapter", "no_identity")
 LAMBDAS = (0.25, 0.5, 0.75, 1.0)
+GROUP_SIZE = 256  # the group portraits' default side: room for two or three faces a detector finds
 FUSED_UPSCALE = 2
 DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's threshold: similarity 0.5 there
 
@@ -199,8 +212,8 @@ class QualityRun:
     def __init__(self, models: Models, steps: int | None, size: int | None) -> None:
         self.models, self.steps, self.size = models, steps, size
         self.pipe = models.diffusion
-        self.adapters = style_adapters(self.pipe)
-        self.ranker = FusionRanker.of(models)
+        self.pipeline = PortraitPipeline(models)
+        self.adapters, self.ranker = self.pipeline.adapters, self.pipeline.ranker
         self.judge = Judge()
 
     def face(self, name: str, image: bytes) -> Face:
@@ -270,6 +283,16 @@ class QualityRun:
             found = locality(self.pipe, self.models.faces, plan, prior)
         return {key: round(value, 4) for key, value in dataclasses.asdict(found).items()}
 
+    def group_cases(self, faces: dict[str, bytes], style: Style, seeds: list[int]) -> list[GroupCase]:
+        """The first P of ``faces`` together in ``style``, for each group size."""
+        judge = GroupJudge(self.judge.recognizer)
+        references = {name: self.judge.descriptor(square(decode_image(image))) for name, image in faces.items()}
+        options = {"steps": self.steps, "size": self.size or GROUP_SIZE}
+        return [
+            group_case(self.pipeline, judge, dict(list(faces.items())[:people]), references, style, seeds, options)
+            for people in GROUP_SIZES
+        ]
+
     def sweep_point(self, face: Face, plan: SamplingPlan, layout: Layout) -> dict:
         """The blend of the first candidate's layout at the plan's λ, judged, with its seam energy."""
         image = blend_sample(self.pipe, plan, layout.latents, layout.masks)[0]
@@ -322,9 +345,9 @@ def score_text(judged: Judged) -> str:
     return f"seed {judged.seed} · {identity} · non-face {judged.non_face_similarity_to_reference:.2f}"
 
 
-def write_report(out: Path, cases: list[Case], summary: dict, profile: str) -> None:
+def write_report(out: Path, cases: list[Case], summary: dict, profile: str, group: str = "") -> None:
     """A contact sheet: per reference and style, the reference, each method's images with their scores, the
-    layout masks and the λ sweep; the summary table on top."""
+    layout masks and the λ sweep; the summary table on top; ``group``: the group section, last."""
     rows = []
     for number, case in enumerate(cases):
         key = f"{number}-{case.face}-{case.style.replace('@', '-')}"
@@ -355,7 +378,7 @@ def write_report(out: Path, cases: list[Case], summary: dict, profile: str) -> N
         "img.plot{width:480px;image-rendering:auto}</style>"
         f"<h1>Portrait quality — {html.escape(profile)}</h1>"
         f"<table><tr>{header}</tr>{table}</table><p><img src=lambda_sweep.png alt='λ sweep' class=plot></p>"
-        + "".join(rows),
+        + "".join(rows) + group,
         encoding="utf-8",
     )
 
@@ -387,6 +410,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="default: each style's")
     parser.add_argument("--styles-dir", default=str(REPO / "styles"))
     parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--group", action="store_true", help="add group portraits of 2 and 3 people (the first style)")
+    parser.add_argument("--group-faces", type=Path, nargs="*", default=[],
+                        help="3 different people for --group (default: the astronaut and two of a group photo)")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()  # the tiny tokenizer's "truncated to 77 tokens", once per call
 
@@ -399,6 +425,8 @@ def main() -> None:
     faces = [run.face(name, image) for name, image in images.items()]
     cases = [run.case(face, style, args.seeds) for face in faces for style in styles]
     found = run.locality(faces[0], styles[0], args.seeds)
+    group_faces = {path.stem: path.read_bytes() for path in args.group_faces} or default_group_faces(models.faces)
+    groups = run.group_cases(group_faces, styles[0], args.seeds) if args.group else []
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {method: method_summary(cases, method) for method in METHODS}
     sweep = lambda_sweep(cases)
@@ -415,11 +443,13 @@ def main() -> None:
         "methods": summary,
         "locality": found,
         "lambda_sweep": sweep,
+        **({"group": [group_summary(case) for case in groups]} if groups else {}),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (args.out / "summary.json").write_text(json.dumps(result, indent=2))
     plot_lambda_sweep(args.out, sweep)
-    write_report(args.out, cases, summary, args.profile)
+    group = group_report(groups, lambda name, image, caption: figure(args.out, name, image, caption)) if groups else ""
+    write_report(args.out, cases, summary, args.profile, group)
     print(json.dumps(result))
 
 

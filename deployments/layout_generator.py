@@ -80,9 +80,8 @@ class LayoutGenerator:
         with stopwatch(timings, Stage.LAYOUT):
             async with self.styles.activated() as hit:
                 plans = [make_plan(job.request, references) for references, job, _ in requests]
-                priors = [
-                    face_prior_ellipses(job.request.face_priors, plan.size) for plan, (_, job, _) in zip(plans, requests)
-                ]
+                priors = [face_prior_ellipses(job.request.face_priors, plan.size) for plan, (_, job, _) in
+                          zip(plans, requests)]
                 layouts: list[Layout | None] = [None] * len(plans)
                 for group in schedule_groups(plans):
                     if not (members := waiting_members(group, callers)):

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from serve_app.pipeline.settings import ModelSettings
 pytest_plugins = ["browser.chromium"]
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "bench"))  # the benchmarks' helpers, for the tests of what they measure
+from group_quality import default_group_faces  # noqa: E402
 INSIGHTFACE_IMAGES = Path(resources.files("insightface")) / "data" / "images"
 
 
@@ -39,6 +42,13 @@ def png_bytes(image: np.ndarray | Image.Image, **save_options) -> bytes:
 def packaged_image(name: str) -> np.ndarray:
     """A real photo shipped inside the insightface package (Tom Hanks' 112² aligned face; t1.jpg, a group)."""
     return np.asarray(Image.open(INSIGHTFACE_IMAGES / name).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def group_faces() -> list[bytes]:
+    """Three different real people, one face each, as PNGs: the astronaut and two faces of insightface's group
+    photo (dlib scores them 0.34-0.42 alike, far below the same-person 0.75); ``bench/group_quality.py``'s."""
+    return list(default_group_faces(load_models().faces).values())
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,8 @@ async def read_portrait_input(
     most = MAX_PEOPLE * max_image_bytes * BASE64_OVERHEAD + ENVELOPE_BYTES
     if declared and declared.isdigit() and int(declared) > most:
         raise ImageTooLargeError(
-            f"request body is {declared} bytes; images are limited to {max_image_bytes} bytes each, {MAX_PEOPLE} at most"
+            f"request body is {declared} bytes; images are limited to {max_image_bytes} bytes each, "
+            f"{MAX_PEOPLE} at most"
         )
     if media_type == "multipart/form-data":
         body, images = await read_form(request, models.form)
@@ -120,6 +121,8 @@ async def read_form(request: Request, model: type[PortraitForm]) -> tuple[Portra
     if len(files) > MAX_PEOPLE:
         message = f"send 1 to {MAX_PEOPLE} face images, one per person; got {len(files)}"
         raise InvalidParameterError(message, {"image": message})
+    if any(isinstance(value, UploadFile) for name, value in form.multi_items() if name != "image"):
+        raise MalformedBodyError("only the 'image' fields of a multipart body may be files")
     body = validated(model, dict(form.multi_items()))
     return body, tuple([await file.read() for file in files])
 

@@ -135,27 +135,40 @@ def guided_noise(
 ) -> torch.Tensor:
     """Classifier-free-guided noise for every candidate and every branch in ONE UNet call.
 
-    ``latents`` is [M, C, h, w]. Rows are laid out branch-major, then (negative, positive), then candidate;
-    each branch's identity attention is scaled by its gate (0: identity-free, 1: identity) and carries the
-    identity of its person in ``branch_people`` (default: the first person in every branch). Returns
-    [len(branch_gates), M, C, h, w]. When every gate is 0 the identity attention is skipped altogether.
+    ``latents`` is [M, C, h, w]. Each branch's identity attention is scaled by its gate (0: identity-free, 1:
+    identity) and carries the identity of its person in ``branch_people`` (default: the first person in every
+    branch). A branch's negative half depends on its gate alone (the negative identity is everyone's), so branches
+    with one gate share one: rows are laid out branch by branch, a branch's negative (unless an earlier branch's
+    serves) then its positive, each over every candidate; a group of P people costs P + 1 identity halves, not 2P.
+    Returns [len(branch_gates), M, C, h, w]. When every gate is 0 the identity attention is skipped altogether.
     """
-    count, branches = latents.shape[0], len(branch_gates)
-    text = torch.cat([conditioning.negative, conditioning.positive]).repeat(branches, 1, 1)
-    people = branch_people or [0] * branches
-    negative_identity, identities = conditioning.identity_negative, conditioning.identities
-    identity = torch.cat([part for p in people for part in (negative_identity, identities[:, p : p + 1])])
+    count = latents.shape[0]
+    people = branch_people or [0] * len(branch_gates)
+    halves: list[tuple[int | None, float]] = []  # (person, or None for a negative half; gate)
+    negative_of: dict[float, int] = {}
+    positive_of: list[int] = []
+    for person, gate in zip(people, branch_gates):
+        if gate not in negative_of:
+            negative_of[gate] = len(halves)
+            halves.append((None, gate))
+        positive_of.append(len(halves))
+        halves.append((person, gate))
+    text = torch.cat([conditioning.negative if p is None else conditioning.positive for p, _ in halves])
+    identities = conditioning.identities
+    identity = torch.cat([conditioning.identity_negative if p is None else identities[:, p : p + 1] for p, _ in halves])
     gates = None
     if any(branch_gates):
-        gates = torch.tensor(branch_gates, dtype=latents.dtype, device=latents.device).repeat_interleave(2 * count)
+        gates = torch.tensor([g for _, g in halves], dtype=latents.dtype, device=latents.device)
+        gates = gates.repeat_interleave(count)
     noise = pipe.unet(
-        latents.repeat(2 * branches, 1, 1, 1),
+        latents.repeat(len(halves), 1, 1, 1),
         timestep,
         encoder_hidden_states=text,
         added_cond_kwargs={"image_embeds": [identity]},
         cross_attention_kwargs={IDENTITY_GATE: gates},
-    ).sample
-    negative, positive = noise.view(branches, 2, count, *noise.shape[1:]).unbind(1)
+    ).sample.view(len(halves), count, *latents.shape[1:])
+    negative = noise[[negative_of[gate] for gate in branch_gates]]
+    positive = noise[positive_of]
     return negative + conditioning.guidance[:, None, None, None] * (positive - negative)
 
 

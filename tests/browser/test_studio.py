@@ -14,6 +14,7 @@ JOB_URL = re.compile(r"/\?job=\w+$")
 LONG_JOB = {"style": "film-noir", "num_candidates": "2", "top_k": "1", "seed": "18", "steps": "150", "size": "128",
             "upscale": "1"}
 SCORE = re.compile(r"^Identity [01]\.\d{3}$")
+PERSON_SCORE = r"^Person {} -?\d\.\d{{3}}$"
 GARBAGE = b"this is not an image, whatever its name says"
 # Records every (value, max) the sampler's step bar shows, from the moment it is installed.
 RECORD_STEPS = """() => {
@@ -21,6 +22,16 @@ RECORD_STEPS = """() => {
   const bar = document.getElementById("step-bar");
   new MutationObserver(() => window.recordedSteps.push([bar.value, bar.max]))
     .observe(bar, {attributes: true, attributeFilter: ["value", "max"]});
+}"""
+# Records the file names of every form's image fields the page sends (Chromium keeps a multipart body's files from
+# Playwright's requests).
+RECORD_UPLOADS = """() => {
+  window.uploadedImages = [];
+  const send = window.fetch;
+  window.fetch = (url, options = {}) => {
+    if (options.body instanceof FormData) window.uploadedImages.push(options.body.getAll("image").map((f) => f.name));
+    return send(url, options);
+  };
 }"""
 
 
@@ -30,6 +41,10 @@ def choose_style(page: Page, style_id: str) -> None:
 
 def portrait_sources(page: Page) -> list[str]:
     return page.locator("#results .result img.portrait").evaluate_all("images => images.map(image => image.src)")
+
+
+def face_file(name: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": data}
 
 
 def generate_with_the_sample_face(page: Page, **controls: str) -> None:
@@ -110,6 +125,82 @@ def test_generating_shows_the_progress_then_k_scored_portraits_with_their_masks(
     expect(page.locator("#results .result:not([data-previous])")).to_have_count(2, timeout=GENERATION_S * 1000)
     expect(page.locator("#seed")).to_have_value("7")
     assert portrait_sources(page) == first_run
+
+
+def test_a_group_of_faces_gives_portraits_with_each_persons_score(
+    page: Page, screenshot, group_faces: list[bytes]
+):
+    page.goto("/")
+    add, files = page.locator("#add-face"), page.locator("#faces .face-file")
+    expect(add).to_be_disabled()  # the first face comes from the picker, the drop zone or the sample face
+    page.click("#sample-face")
+    expect(page.locator("#image-preview")).to_be_visible()
+    names = ["astronaut.png", "group-1.png", "group-3.png"]
+    for name, face in zip(names, group_faces, strict=True):
+        add.click()
+        expect(page.locator("#image-input")).to_be_focused()  # where the new person's face goes
+        page.set_input_files("#image-input", files=[face_file(name, face)])
+    expect(files).to_have_text(["sample_face.png", *names])
+    expect(page.locator("#faces .face-label")).to_have_text(["Person 1", "Person 2", "Person 3", "Person 4"])
+    expect(page.locator("#faces img.face-preview")).to_have_count(4)
+
+    # no fifth face: the add control is off, and the picker replaces the last person's face
+    expect(add).to_be_disabled()
+    expect(page.locator("#add-face-hint")).to_contain_text("4 faces is the most")
+    page.set_input_files("#image-input", files=[face_file("group-3-again.png", group_faces[2])])
+    expect(files).to_have_text(["sample_face.png", "astronaut.png", "group-1.png", "group-3-again.png"])
+    screenshot(page, "studio-group-faces")
+
+    # the sample face is the astronaut's: out it goes; then, with the keyboard, person 3 moves left
+    page.get_by_role("button", name="Remove person 1").click()
+    expect(files).to_have_text(["astronaut.png", "group-1.png", "group-3-again.png"])
+    expect(add).to_be_enabled()
+    page.get_by_role("button", name="Move person 3 left").focus()
+    page.keyboard.press("Enter")
+    expect(files).to_have_text(["astronaut.png", "group-3-again.png", "group-1.png"])
+    expect(page.get_by_role("button", name="Move person 2 left")).to_be_focused()
+    page.get_by_role("button", name="Remove person 3").click()
+    expect(files).to_have_text(["astronaut.png", "group-3-again.png"])
+
+    choose_style(page, "film-noir")
+    page.fill("#num_candidates", "2")
+    page.fill("#top_k", "2")
+    page.select_option("#upscale", "1")
+    page.evaluate(RECORD_UPLOADS)
+    page.click("#generate")
+
+    results = page.locator("#results .result")
+    expect(results).to_have_count(2, timeout=GENERATION_S * 1000)
+    # one image field per person, left to right
+    assert page.evaluate("window.uploadedImages") == [["astronaut.png", "group-3-again.png"]]
+    for card in results.all():
+        people = card.locator(".person-score")
+        expect(people).to_have_text([re.compile(PERSON_SCORE.format(person)) for person in (1, 2)])
+        scores = [float(text.rsplit(" ", 1)[1]) for text in people.all_inner_texts()]
+        expect(card.locator(".score")).to_have_text(f"Identity {min(scores):.3f}")  # the worst person's
+        assert "bleed" in people.first.get_attribute("title")
+    screenshot(page, "studio-group-results")
+
+
+def test_an_error_about_one_of_several_faces_names_the_person_next_to_the_faces(page: Page, group_faces: list[bytes]):
+    """A stubbed refusal: the API's own is tested in tests/test_group_http.py; here, where the page shows it."""
+    message = "images 1 and 2 show the same person (identity score 0.93 ≥ 0.75); send each person once"
+    refusal = {"code": "same_person", "message": message, "fields": [{"field": "image[1]", "message": message}]}
+    page.route("**/v1/jobs", lambda route: route.fulfill(status=422, json={"error": refusal}))
+    page.goto("/")
+    page.click("#sample-face")
+    expect(page.locator("#image-preview")).to_be_visible()
+    page.click("#add-face")
+    choose_style(page, "film-noir")
+    page.click("#generate")  # person 2 has no face yet
+    expect(page.locator("#image-error")).to_have_text("Choose the face of person 2, or remove them.")
+
+    page.set_input_files("#image-input", files=[face_file("astronaut.png", group_faces[0])])
+    expect(page.locator("#faces .face-file")).to_have_text(["sample_face.png", "astronaut.png"])
+    page.click("#generate")
+    expect(page.locator("#image-error")).to_have_text(f"Person 2: {message}")
+    expect(page.locator("#form-error")).to_contain_text(message)
+    expect(page.locator("#generate")).to_be_enabled()
 
 
 def test_another_tab_and_a_reload_at_the_jobs_url_show_the_same_job(page: Page, second_page: Page):

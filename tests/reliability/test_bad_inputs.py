@@ -199,12 +199,12 @@ MATRIX: dict[str, tuple[Callable[[str, bytes], Answer], tuple[int, str | None]]]
         raw(lambda f: multipart_body(f, "b", [("style", None, b"film-noir")]), "multipart/form-data; boundary=b"),
         INVALID,
     ),
-    "multipart with two images": (
+    "multipart with the same image twice (a group of one person twice)": (
         raw(
             lambda f: multipart_body(f, "b", [("image", "a.png", f), ("image", "b.png", f), ("style", None, b"film-noir")]),
             "multipart/form-data; boundary=b",
         ),
-        MALFORMED,
+        (422, "same_person"),
     ),
     "multipart style as a file (a second file)": (
         raw(lambda f: multipart_body(f, "b", [("image", "a.png", f), ("style", "s.txt", b"film-noir")]),

@@ -186,7 +186,7 @@ def test_a_request_whose_batch_neighbour_leaves_mid_blend_gets_its_candidates_as
                         size=64, steps=60, guidance_scale=7.5, identity_weight=0.8, t1=0.35)
     neighbour = SamplingPlan(**{**mine.__dict__, "seeds": (31, 32, 33, 34), "identity_embeddings": (-identity,)})
     prior = prior_ellipse(64, (0.5, 0.4), (0.2, 0.26))
-    planned = {name: PlannedLayout(plan, generate_layout(models.diffusion, models.faces, plan, prior))
+    planned = {name: PlannedLayout(plan, generate_layout(models.diffusion, models.faces, plan, [prior]))
                for name, plan in (("mine", mine), ("neighbour", neighbour))}
     sampler = serve.get_deployment_handle("BlendSampler", APP).options(
         multiplexed_model_id=style.versioned_id, stream=True

@@ -86,6 +86,7 @@ const REJECTIONS = {
   no_face: "no face found",
   several_faces: "several faces",
   extreme_pose: "extreme pose",
+  identity_swap: "a face looks more like another person",
   unsafe_content: "flagged by the safety check",
 };
 

@@ -1,14 +1,17 @@
-// The studio page: choose a face image and a style, generate portraits while watching the progress, and compare
-// the results with their layout masks. Each generation is a job whose id goes into the page's URL (?job=<id>), so
-// a reload, a link or another tab shows the same job: its progress so far, then live, and its portraits.
+// The studio page: choose a face image (or up to four, one per person, for a group portrait) and a style, generate
+// portraits while watching the progress, and compare the results with their layout masks. Each generation is a job
+// whose id goes into the page's URL (?job=<id>), so a reload, a link or another tab shows the same job: its progress
+// so far, then live, and its portraits.
 import { apiJSON, clearErrors, el, errorBody, formatScore, pngDataURL, rejectionText, showErrors } from "./common.js";
 
 const form = document.getElementById("portrait-form");
 const imageInput = document.getElementById("image-input");
 const dropZone = document.getElementById("drop-zone");
-const imagePreview = document.getElementById("image-preview");
+const faceList = document.getElementById("faces");
 const imageName = document.getElementById("image-name");
 const imageError = document.getElementById("image-error");
+const addFaceButton = document.getElementById("add-face");
+const addFaceHint = document.getElementById("add-face-hint");
 const stylesBox = document.getElementById("styles");
 const styleError = document.getElementById("style-error");
 const identityWeight = document.getElementById("identity_weight");
@@ -31,8 +34,16 @@ const maxImageBytes = Number(document.body.dataset.maxImageBytes);
 const maxCandidates = Number(document.body.dataset.maxCandidates);
 // The file picker's accept list is the one place that names the image types the API takes.
 const acceptedTypes = new Set(imageInput.accept.split(","));
+// The API's limit on the people of one portrait, one face image each.
+const MAX_PEOPLE = 4;
+// How the API names one image among several: `image[i]`, counting from 0.
+const PERSON_FIELD = /^image\[(\d+)\]$/;
 // Optional controls, named like the API's form fields; an empty one is left out so the server default applies.
 const CONTROL_FIELDS = ["num_candidates", "top_k", "identity_weight", "t1", "seed", "upscale", "subject"];
+const PLACEMENT_TEXT = {
+  detected: "face fused where the painting drew it",
+  layout_mask: "no face drawn: placed in its layout mask",
+};
 const MASK_TINT = [219, 39, 119];
 const MASK_OPACITY = 0.6;
 const JOB_PARAM = "job";
@@ -53,8 +64,10 @@ const JOB_GONE = {
   job_expired: "This job ended a while ago and its portraits have been deleted. Generate them again to see them.",
 };
 
-let chosenImage = null;
-let previewURL = null;
+// The people of the portrait, left to right: each {file (null until one is chosen), url (its preview), noPreview}.
+let faces = [];
+// The person whose face the file picker, the drop zone and the sample face set: one of `faces`, null with none.
+let target = null;
 let stylesById = new Map();
 let lastSeed = null;
 // The job the page shows: {id, source (its EventSource), job (its status as last shown), poll (timer while queued)}.
@@ -77,25 +90,145 @@ function imageProblem(file) {
 
 function chooseImage(file) {
   const problem = imageProblem(file);
-  imageError.textContent = problem ?? "";
-  setImage(problem ? null : file);
+  const person = faces.length > 1 ? `Person ${faces.indexOf(target) + 1}: ` : "";
+  imageError.textContent = problem ? person + problem : "";
+  setFace(problem ? null : file);
 }
 
-function setImage(file) {
-  chosenImage = file;
-  if (previewURL) URL.revokeObjectURL(previewURL);
-  previewURL = file && URL.createObjectURL(file);
-  imagePreview.hidden = !file;
-  if (file) imagePreview.src = previewURL;
-  else imagePreview.removeAttribute("src");
-  imageName.textContent = file ? file.name : "No image chosen yet.";
+/** Gives the target person this face (null: none yet); the first face makes the first person. */
+function setFace(file) {
+  const face = { file, url: file && URL.createObjectURL(file), noPreview: false };
+  if (target) {
+    releaseFace(target);
+    faces[faces.indexOf(target)] = face;
+  } else {
+    faces.push(face);
+  }
+  target = face;
+  forgetFacelessPeople();
+  renderFaces();
+}
+
+function releaseFace(face) {
+  if (face.url) URL.revokeObjectURL(face.url);
+}
+
+// People still waiting for a face make no group on their own: the page is back to "no image chosen yet".
+function forgetFacelessPeople() {
+  if (faces.some((face) => face.file)) return;
+  faces = [];
+  target = null;
+}
+
+function addFace() {
+  const face = { file: null, url: null, noPreview: false };
+  faces.push(face);
+  aimAt(face);
+}
+
+/** Makes `face` the one the picker sets, and takes the keyboard there. */
+function aimAt(face) {
+  target = face;
+  imageInput.value = ""; // choosing the file chosen last, for another person, must still count as a choice
+  renderFaces();
+  imageInput.focus();
+}
+
+function removeFace(face) {
+  const index = faces.indexOf(face);
+  releaseFace(face);
+  faces.splice(index, 1);
+  if (target === face) target = faces.find((other) => !other.file) ?? faces.at(-1) ?? null;
+  forgetFacelessPeople();
+  imageError.textContent = ""; // it may name people by places that changed
+  renderFaces();
+  const next = faces[index] ?? faces[index - 1];
+  if (next) focusFaceButton(next, "remove");
+  else imageInput.focus();
+}
+
+function moveFace(face, step) {
+  const index = faces.indexOf(face);
+  [faces[index], faces[index + step]] = [faces[index + step], faces[index]];
+  imageError.textContent = "";
+  renderFaces();
+  focusFaceButton(face, step < 0 ? "left" : "right");
+}
+
+// The cards are drawn anew on every change: the keyboard goes back to the button used, on its face's new card.
+function focusFaceButton(face, action) {
+  const card = faceList.children[faces.indexOf(face)];
+  const button = card.querySelector(`button[data-action="${action}"]:not(:disabled)`);
+  (button ?? card.querySelector("button:not(:disabled)")).focus();
+}
+
+function renderFaces() {
+  faceList.replaceChildren(...faces.map(faceCard));
+  imageName.textContent = pickerText();
+  addFaceButton.disabled = faces.length === 0 || faces.length >= MAX_PEOPLE;
+  addFaceHint.textContent = addFaceText();
+}
+
+/** What the file picker, the drop zone and the sample face do now. */
+function pickerText() {
+  const person = faces.indexOf(target) + 1;
+  if (!target) return "No image chosen yet.";
+  if (!target.file) {
+    return `Now choose the face of person ${person}: drop an image, choose a file or try the sample face.`;
+  }
+  return faces.length > 1 ? `A new image replaces the face of person ${person}.` : "";
+}
+
+function addFaceText() {
+  if (faces.length === 0) return `Choose the first face; a group portrait takes up to ${MAX_PEOPLE}, one per person.`;
+  if (faces.length >= MAX_PEOPLE) {
+    return `${MAX_PEOPLE} faces is the most a portrait takes: remove one to add another.`;
+  }
+  return `For a group portrait: up to ${MAX_PEOPLE} faces, one per person, in the order they stand, left to right.`;
+}
+
+function faceCard(face, index) {
+  const person = index + 1;
+  return el("li", { class: face === target ? "face target" : "face" },
+    faceFigure(face, index),
+    el("div", { class: "face-actions" },
+      faceButton("left", "←", `Move person ${person} left`, index === 0, () => moveFace(face, -1)),
+      faceButton("right", "→", `Move person ${person} right`, index === faces.length - 1, () => moveFace(face, 1)),
+      faceButton("replace", "Replace", `Replace the face of person ${person}`, false, () => aimAt(face)),
+      faceButton("remove", "Remove", `Remove person ${person}`, false, () => removeFace(face))));
+}
+
+function faceFigure(face, index) {
+  const fileName = el("span", { class: "face-file" }, faceFileText(face));
+  const figure = el("figure", { class: "face-figure" },
+    el("figcaption", {}, el("strong", { class: "face-label" }, `Person ${index + 1}`), fileName));
+  if (!face.file) {
+    figure.prepend(el("span", { class: "face-placeholder", "aria-hidden": "true" }, "?"));
+  } else if (!face.noPreview) {
+    // The first person's picture keeps the id of the single face the page once had.
+    const image = el("img", { class: "face-preview", id: index === 0 ? "image-preview" : null, src: face.url,
+      alt: `The face of person ${index + 1}` });
+    image.addEventListener("error", () => {
+      face.noPreview = true;
+      image.hidden = true;
+      fileName.textContent = faceFileText(face);
+    });
+    figure.prepend(image);
+  }
+  return figure;
 }
 
 // Browsers cannot show every accepted format (TIFF): the file still goes to the API, which can read it.
-function onPreviewUnavailable() {
-  if (!chosenImage) return;
-  imagePreview.hidden = true;
-  imageName.textContent = `${chosenImage.name} (no preview for this format in your browser)`;
+function faceFileText(face) {
+  if (!face.file) return "No image yet";
+  return face.noPreview ? `${face.file.name} (no preview for this format in your browser)` : face.file.name;
+}
+
+function faceButton(action, text, label, disabled, onClick) {
+  const button = el("button", { type: "button", class: "face-action", "data-action": action, "aria-label": label,
+    title: label, disabled }, text);
+  button.addEventListener("click", onClick);
+  return button;
 }
 
 async function useSampleFace() {
@@ -180,14 +313,16 @@ function showIdentityWeight() {
 
 /** Client-side checks the API would make anyway; true when the request can go. */
 function readyToGenerate() {
-  if (!chosenImage) imageError.textContent = "Choose a face image first, or try the sample face.";
+  const faceless = faces.findIndex((face) => !face.file);
+  if (!faces.length) imageError.textContent = "Choose a face image first, or try the sample face.";
+  else if (faceless >= 0) imageError.textContent = `Choose the face of person ${faceless + 1}, or remove them.`;
   if (!selectedStyleId()) styleError.textContent = "Pick a style first.";
-  return Boolean(chosenImage && selectedStyleId());
+  return Boolean(faces.length && faceless < 0 && selectedStyleId());
 }
 
 function portraitForm() {
   const data = new FormData();
-  data.append("image", chosenImage, chosenImage.name);
+  for (const { file } of faces) data.append("image", file, file.name);
   data.append("style", selectedStyleId());
   for (const name of CONTROL_FIELDS) {
     const value = form.elements[name].value.trim();
@@ -204,12 +339,26 @@ async function onGenerate(event) {
   setRunning(true);
   const answer = await apiJSON("/v1/jobs", { method: "POST", body: portraitForm() });
   if (!answer.ok) {
-    showErrors(form, answer.body, formError);
+    showFormErrors(answer.body);
     setRunning(false);
     return;
   }
   history.pushState(null, "", `?${new URLSearchParams({ [JOB_PARAM]: answer.body.id })}`);
   follow(answer.body);
+}
+
+function showFormErrors(body) {
+  showErrors(form, withPeopleNamed(body), formError);
+}
+
+/** An error whose fields name one image among several (`image[i]`) shows next to the faces, naming the person. */
+function withPeopleNamed(body) {
+  const fields = body.error.fields?.map(({ field, message }) => {
+    const index = PERSON_FIELD.exec(field)?.[1];
+    if (index === undefined) return { field, message };
+    return { field: "image", message: `Person ${Number(index) + 1}: ${message.replace(/^image \d+ of \d+: /, "")}` };
+  });
+  return fields ? { error: { ...body.error, fields } } : body;
 }
 
 function setRunning(running) {
@@ -242,7 +391,7 @@ async function showJobInURL() {
   if (answer.ok) {
     follow(answer.body);
   } else {
-    showErrors(form, jobProblem(answer.body), formError);
+    showFormErrors(jobProblem(answer.body));
     setRunning(false);
   }
   (answer.ok ? progressPanel : formError).scrollIntoView();
@@ -280,7 +429,7 @@ function onJobError(event) {
     const body = JSON.parse(event.data);
     const canceled = body.error.code === "job_canceled";
     endJob(canceled ? "canceled" : "failed");
-    if (!canceled) showErrors(form, body, formError);
+    if (!canceled) showFormErrors(body);
   } else if (event.target.readyState === EventSource.CLOSED) {
     // EventSource reconnects by itself (resuming after the last event) unless the service refused the stream.
     endJob("disconnected");
@@ -322,7 +471,7 @@ async function cancelJob() {
   showJob({ status: "canceling" });
   const answer = await apiJSON(`${jobPath(id)}/cancel`, { method: "POST" });
   if (answer.ok || followed?.id !== id) return;
-  showErrors(form, answer.body, formError);
+  showFormErrors(answer.body);
   showJob(job);
 }
 
@@ -382,11 +531,24 @@ function resultCard(image, index, style) {
     el("p", { class: "result-meta" },
       el("span", { class: "score" }, formatScore(image.identity_score)),
       el("span", { class: "seed" }, `seed ${image.seed}`)),
+    image.people?.length > 1 && peopleScores(image.people),
     image.rejected && el("p", { class: "rejected" }, `Rejected: ${rejectionText(image.rejected)}`));
   if (image.layout_mask_base64) card.append(maskToggle(figure, image.layout_mask_base64));
   card.append(el("a", { class: "download", href: src, download: `portrait-${style}-${image.seed}.png` },
     "Download PNG"));
   return card;
+}
+
+/** Each person's identity score, left to right; how like another person's face theirs came out in its title. */
+function peopleScores(people) {
+  return el("p", { class: "people-scores" }, ...people.map((person, index) =>
+    el("span", { class: "person-score", title: personDetails(person) },
+      `Person ${index + 1} ${person.identity_score.toFixed(3)}`)));
+}
+
+function personDetails({ bleed, face_placement: placement }) {
+  const likeness = bleed == null ? null : `bleed ${bleed.toFixed(3)} (likeness to another person)`;
+  return [likeness, PLACEMENT_TEXT[placement]].filter(Boolean).join("; ") || null;
 }
 
 /** Adds the layout mask overlay to a portrait's figure; returns the checkbox (in its label) that shows it. */
@@ -431,11 +593,12 @@ function generateSameAgain() {
 document.getElementById("max-image-size").textContent = formatBytes(maxImageBytes);
 for (const id of ["num_candidates", "top_k"]) document.getElementById(id).max = maxCandidates;
 showIdentityWeight();
+renderFaces();
 
 imageInput.addEventListener("change", () => {
   if (imageInput.files[0]) chooseImage(imageInput.files[0]);
 });
-imagePreview.addEventListener("error", onPreviewUnavailable);
+addFaceButton.addEventListener("click", addFace);
 dropZone.addEventListener("dragover", onDragOver);
 dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
 dropZone.addEventListener("drop", onDrop);
