@@ -12,11 +12,9 @@ interleaved repeats on the same model and inputs, so the ratios hold on a noisy 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -64,7 +62,7 @@ def batched_step_ms(pipe, plan: SamplingPlan, candidates: int, repeats: int = 3)
 
 def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str, float]]:
     """Per people count P: the batched group step against P + 1 separate branch calls, medians of interleaved
-    repeats, and the resident memory each step adds at its peak."""
+    repeats, and the peak tensor memory of each step."""
     generator = torch.Generator().manual_seed(1)
     figures = {}
     for people in (1, 2, 3, 4):
@@ -92,7 +90,7 @@ def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str,
             "batched_ms": round(batched_ms, 2),
             "separate_ms": round(separate_ms, 2),
             "speedup": round(separate_ms / batched_ms, 3),
-            "unet_rows": 2 * (1 + people) * len(group.seeds),
+            "unet_rows": (people + 3) * len(group.seeds),  # two negative halves, P + 1 positive
             "batched_step_mib": step_mib["batched"],
             "separate_step_mib": step_mib["separate"],
             "max_abs_difference": difference,
@@ -101,17 +99,16 @@ def group_figures(pipe, plan: SamplingPlan, repeats: int) -> dict[int, dict[str,
 
 
 def peak_mib(step) -> float:
-    """The resident memory one call of ``step`` adds at its peak (Linux: the peak is reset first)."""
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
-    before = memory_kib("VmRSS")
-    step()
-    return round((memory_kib("VmHWM") - before) / 1024, 1)
-
-
-def memory_kib(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
+    """The peak of the tensor memory one call of ``step`` holds above what it started with: the profiler's
+    allocations (counted at the start of the op that makes them) and frees, in order."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = sorted(profiler.events(), key=lambda event: event.time_range.start)
+    held = peak = 0
+    for event in events:
+        held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return round(peak / 2**20, 1)
 
 
 def timed_ms(step) -> float:
