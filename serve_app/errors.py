@@ -4,7 +4,12 @@ admin access, bodies that are not a portrait request — and how a Ray or Serve 
 from __future__ import annotations
 
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RayServeException,
+    ReplicaUnavailableError,
+)
 
 from serve_app.pipeline.errors import PortraitError
 
@@ -124,8 +129,7 @@ class InternalError(PortraitError):
 def documented_error(exception: BaseException) -> PortraitError | None:
     """The documented error behind an exception, also when a stage raised it (Ray wraps those); None for a
     fault of the service."""
-    while isinstance(exception, RayTaskError):  # a stage that failed on another stage's result: wrapped twice
-        exception = exception.cause
+    exception = unwrapped(exception)
     if isinstance(exception, PortraitError):
         return exception
     if isinstance(exception, BackPressureError):
@@ -136,3 +140,16 @@ def documented_error(exception: BaseException) -> PortraitError | None:
             "same portraits)"
         )
     return None
+
+
+def unwrapped(exception: BaseException) -> BaseException:
+    """What went wrong under Ray's and Serve's wrappers: a stage that failed on another stage's result (a task error
+    wrapped twice), or Serve's router refusing a call whose argument's replica died (a RayServeException caused by
+    the ActorDiedError)."""
+    while True:
+        if isinstance(exception, RayTaskError):
+            exception = exception.cause
+        elif isinstance(exception, RayServeException) and isinstance(exception.__cause__, STAGE_UNAVAILABLE):
+            exception = exception.__cause__
+        else:
+            return exception

@@ -9,6 +9,7 @@ ingress, so they stay readable when the replica that made them is removed (autos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,9 @@ class GraphRun:
 
     def cancel(self) -> None:
         for call in self.calls:
-            call.cancel()
+            # Cancelling a call whose routing failed raises that failure again: the attempt's own error, handled.
+            with contextlib.suppress(Exception):
+                call.cancel()
 
 
 async def next_unread(items: ObjectRefGenerator) -> ObjectRef:

@@ -67,12 +67,17 @@ class PersonInPortrait(BaseModel):
     face_placement: str | None = Field(
         description="'detected': fused onto the face the sampler drew; 'layout_mask': placed in their layout mask"
     )
+    face_box: tuple[float, float, float, float] | None = Field(
+        description="where their face is in the portrait: [x0, y0, x1, y1] in fractions of its side, a square twice "
+        "the span of the face's eyes, nose and mouth corners (null where no face was found)"
+    )
 
     @classmethod
-    def of(cls, person) -> PersonInPortrait:
-        """From a ``serve_app.pipeline.fusion.PlacedPerson``."""
+    def of(cls, person, image_side: int) -> PersonInPortrait:
+        """From a ``serve_app.pipeline.fusion.PlacedPerson`` in a portrait of ``image_side`` pixels."""
         bleed = None if person.bleed is None else round(person.bleed, 4)
-        return cls(identity_score=round(person.identity_score, 4), bleed=bleed, face_placement=person.placement)
+        return cls(identity_score=round(person.identity_score, 4), bleed=bleed, face_placement=person.placement,
+                   face_box=person.face_box(image_side))
 
 
 class PortraitImage(BaseModel):
@@ -106,7 +111,7 @@ class PortraitImage(BaseModel):
             seed=portrait.seed,
             face_placement=portrait.placement,
             rejected=portrait.rejected,
-            people=[PersonInPortrait.of(person) for person in portrait.people],
+            people=[PersonInPortrait.of(person, portrait.image.shape[0]) for person in portrait.people],
         )
 
 

@@ -88,3 +88,23 @@ def test_styles_command_lists_the_demo_styles():
     ).stdout
     for style in ("xmas-sweater@1", "film-noir@1", "summer-beach@1"):
         assert style in listing
+
+
+def test_three_people_give_three_scores_and_each_persons_mask(tmp_path, group_faces):
+    faces = []
+    for index, face in enumerate(group_faces):
+        faces += ["--image", str(tmp_path / f"person{index}.png")]
+        (tmp_path / f"person{index}.png").write_bytes(face)
+    out = tmp_path / "out"
+    result = generate(out, *faces, "--style", "film-noir", "--size", "256", "--upscale", "1",
+                      "--num-candidates", "2", "--top-k", "2", "--seed", "5")
+    assert len(result["images"]) == 2
+    for image in result["images"]:
+        assert len(image["people"]) == 3
+        boxes = [person["face_box"] for person in image["people"] if person["face_box"]]
+        assert [box[0] for box in boxes] == sorted(box[0] for box in boxes)  # left to right
+        assert all(0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 for x0, y0, x1, y1 in boxes)
+    for seed in (5, 6):
+        assert [path.name for path in sorted(out.glob(f"layout_mask_{seed}*.png"))] == [
+            f"layout_mask_{seed}.png", *(f"layout_mask_{seed}_person{i}.png" for i in (1, 2, 3))
+        ]

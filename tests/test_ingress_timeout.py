@@ -10,6 +10,7 @@ import asyncio
 import httpx
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
+from ray.serve.exceptions import RayServeException
 
 from deployments.stream import PortraitJob
 from serve_app.errors import RequestTimeoutError, StageUnavailableError
@@ -46,11 +47,23 @@ class StandInCall:
         self.cancelled = True
 
 
+class UnroutedCall(StandInCall):
+    """A call Serve's router could not send (its argument's replica died): awaiting it raises ``error``, and so does
+    cancelling it, as Serve's does."""
+
+    async def _to_object_ref_gen(self) -> StandInCall:
+        raise self.error
+
+    def cancel(self) -> None:
+        raise self.error
+
+
 class StandInStage:
     """A stand-in DeploymentHandle whose calls never answer, or fail with ``error``."""
 
-    def __init__(self, error: BaseException | None = None) -> None:
+    def __init__(self, error: BaseException | None = None, call: type[StandInCall] = StandInCall) -> None:
         self.error = error
+        self.call = call
         self.calls: list[StandInCall] = []
 
     def options(self, **_) -> StandInStage:
@@ -61,7 +74,7 @@ class StandInStage:
         return self
 
     def remote(self, *_) -> StandInCall:
-        self.calls.append(StandInCall(self.error))
+        self.calls.append(self.call(self.error))
         return self.calls[-1]
 
 
@@ -97,6 +110,18 @@ def test_a_stage_that_failed_on_a_dead_stage_s_result_is_a_503_too(job):
     with pytest.raises(StageUnavailableError):
         asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, [b"image"]))
     assert len(stages[0].calls) == 2  # retried once, as a stage that died itself
+
+
+def test_a_call_serve_could_not_send_because_its_argument_died_is_a_503_too(job):
+    """Serve's router resolving a stage's argument (in a rehearsal: the layout's, the preprocessor's result) after
+    the replica that made it died: a RayServeException caused by the ActorDiedError, which the call's cancel raises
+    again (it was a 500)."""
+    unrouted = RayServeException("Request to deployment failed because an upstream actor died")
+    unrouted.__cause__ = ActorDiedError()
+    stages = [StandInStage(unrouted, UnroutedCall), *(StandInStage() for _ in range(4))]
+    with pytest.raises(StageUnavailableError):
+        asyncio.run(StageGraph(StageHandles(*stages), request_timeout_s=120).generate(job, [b"image"]))
+    assert len(stages[0].calls) == 2  # retried once
 
 
 def test_a_lora_check_over_the_timeout_is_408_and_cancelled():

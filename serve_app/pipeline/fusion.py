@@ -70,6 +70,13 @@ class PlacedPerson:
         points = None if self.face_points is None else self.face_points * scale
         return dataclasses.replace(self, face_points=points)
 
+    def face_box(self, image_side: int) -> tuple[float, float, float, float] | None:
+        """Where their face is, as (x0, y0, x1, y1) in fractions of the portrait's side: a square twice the span of
+        its five points around their centre (None where no face was found)."""
+        if self.face_points is None:
+            return None
+        return tuple(round(edge / image_side, 4) for edge in face_region(self.face_points, image_side, reach=1.0))
+
 
 @dataclass(frozen=True)
 class RankedPortrait:
