@@ -159,8 +159,6 @@ def test_a_group_of_faces_gives_portraits_with_each_persons_score(
     page.keyboard.press("Enter")
     expect(files).to_have_text(["astronaut.png", "group-3-again.png", "group-1.png"])
     expect(page.get_by_role("button", name="Move person 2 left")).to_be_focused()
-    page.get_by_role("button", name="Remove person 3").click()
-    expect(files).to_have_text(["astronaut.png", "group-3-again.png"])
 
     choose_style(page, "film-noir")
     page.fill("#num_candidates", "2")
@@ -172,10 +170,10 @@ def test_a_group_of_faces_gives_portraits_with_each_persons_score(
     results = page.locator("#results .result")
     expect(results).to_have_count(2, timeout=GENERATION_S * 1000)
     # one image field per person, left to right
-    assert page.evaluate("window.uploadedImages") == [["astronaut.png", "group-3-again.png"]]
+    assert page.evaluate("window.uploadedImages") == [["astronaut.png", "group-3-again.png", "group-1.png"]]
     for card in results.all():
         people = card.locator(".person-score")
-        expect(people).to_have_text([re.compile(PERSON_SCORE.format(person)) for person in (1, 2)])
+        expect(people).to_have_text([re.compile(PERSON_SCORE.format(person)) for person in (1, 2, 3)])
         scores = [float(text.rsplit(" ", 1)[1]) for text in people.all_inner_texts()]
         expect(card.locator(".score")).to_have_text(f"Identity {min(scores):.3f}")  # the worst person's
         assert "bleed" in people.first.get_attribute("title")
