@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from PIL import Image
 
 from serve_app.pipeline.baselines import person_locality
 from serve_app.pipeline.faces import FaceAnalyzer
-from serve_app.pipeline.fusion import IDENTITY_SWAP, RankedPortrait, face_region
+from serve_app.pipeline.fusion import IDENTITY_SWAP, RankedPortrait, face_region, nearest_face
+from serve_app.pipeline.images import encode_png
 from serve_app.pipeline.masks import to_image_resolution
 from serve_app.pipeline.portrait import PortraitPipeline, face_prior_ellipses
 from serve_app.pipeline.recognition import DlibRecognizer
@@ -71,13 +71,7 @@ def default_group_faces(faces: FaceAnalyzer) -> dict[str, bytes]:
     six (dlib scores them 0.34-0.42 alike)."""
     crops = face_crops(group_photo(), faces, 6)
     found = {"astronaut": skimage.data.astronaut(), "group-photo-1": crops[0], "group-photo-3": crops[2]}
-    return {name: png(image) for name, image in found.items()}
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return {name: encode_png(image) for name, image in found.items()}
 
 
 @dataclass
@@ -109,8 +103,7 @@ class GroupJudge:
         found = self.recognizer.faces.detect(image, fallbacks=False, region=region)
         if not found:
             return None
-        centre = points.mean(0)
-        face = min(found, key=lambda f: float(np.linalg.norm(f.five_points.mean(0) - centre)))
+        [face] = nearest_face(found, region)
         descriptor = self.recognizer.describe(image, face)
         return [round(self.recognizer.similarity(descriptor, reference), 4) for reference in references]
 

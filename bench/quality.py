@@ -425,8 +425,10 @@ def main() -> None:
     faces = [run.face(name, image) for name, image in images.items()]
     cases = [run.case(face, style, args.seeds) for face in faces for style in styles]
     found = run.locality(faces[0], styles[0], args.seeds)
-    group_faces = {path.stem: path.read_bytes() for path in args.group_faces} or default_group_faces(models.faces)
-    groups = run.group_cases(group_faces, styles[0], args.seeds) if args.group else []
+    groups = []
+    if args.group:
+        group_faces = {path.stem: path.read_bytes() for path in args.group_faces} or default_group_faces(models.faces)
+        groups = run.group_cases(group_faces, styles[0], args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {method: method_summary(cases, method) for method in METHODS}
     sweep = lambda_sweep(cases)
